@@ -1,0 +1,256 @@
+"""The generic Feynman–Kac loop: sequential Monte Carlo that knows nothing of diffusion.
+
+A *model* is anything with
+
+* ``num_steps`` — the number of steps T,
+* ``init(num_groups, num_particles, generator) -> x`` — the initial state,
+* ``move(t, x, generator) -> x_new`` — the proposal kernel M_t,
+* ``log_potential(t, x_prev, x) -> (G, K)`` — the log-potential log G_t,
+
+where a state ``x`` is a tensor or a dict of tensors, each with leading dims ``(G, K)`` (G groups =
+independent SMC runs, K particles each). Dict entries follow their particle through resampling, so
+extras such as the previous potential value or x̂0 stay attached to the right particle. The loop is
+
+    for t in range(T):
+        x_new = move(t, x);  log_w += log_potential(t, x, x_new);  x = x_new
+        if t < T - 1: resample the groups whose ESS fell below the threshold
+
+and :func:`run` returns an immutable :class:`SMCResult`. Log-weights are never re-centred: a
+resampled group gets equal weights carrying the group's running mean weight, so
+``log_evidence = logsumexp(log_w) - log K`` estimates log Z after every step, whether or not a
+step resampled (steps that skip resampling keep their weights; nothing is dropped).
+
+Example — a bootstrap particle filter for a random walk observed with noise::
+
+    import torch
+    from smcdiff import engine
+    from smcdiff.resampling import Resampler
+
+    class RandomWalk:
+        num_steps = 10
+        def init(self, G, K, generator):
+            return torch.zeros(G, K, dtype=torch.float64)
+        def move(self, t, x, generator):
+            return x + torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        def log_potential(self, t, x_prev, x):
+            return -0.5 * (x - 1.0) ** 2          # observation y_t = 1, unit noise (unnormalised)
+
+    res = engine.run(RandomWalk(), 4, 1000, Resampler("systematic", 0.5),
+                     torch.Generator().manual_seed(0))
+    res.log_evidence          # (4,) one estimate per group
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from smcdiff import _rng
+from smcdiff.resampling import Resampler
+from smcdiff.types import GeneratorSpec, State, Tensor
+
+__all__ = ["SMCResult", "StepInfo", "SMCFailedError", "run", "gather", "check_model"]
+
+_MODEL_API = ("num_steps", "init", "move", "log_potential")
+
+
+class SMCFailedError(ValueError):
+    """Every particle of some group has zero weight (log-weight −inf or NaN)."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a ``callback`` sees after step ``t`` (before resampling is applied to ``x``).
+
+    ``log_weights : (G, K)``, ``ess : (G,)``, ``log_evidence : (G,)``, ``resampled : (G,)`` (whether
+    the groups are resampled after this step), ``x`` the state after the move.
+    """
+
+    t: int
+    x: State
+    log_weights: Tensor
+    ess: Tensor
+    log_evidence: Tensor
+    resampled: Tensor
+
+
+@dataclass(frozen=True)
+class SMCResult:
+    """The outcome of :func:`run`.
+
+    ``x`` final state (G, K, ...); ``log_weights : (G, K)`` unnormalised final log-weights;
+    ``log_evidence : (G,)`` estimate of log Z per group; per-step records ``ess : (T, G)``,
+    ``resampled : (T, G)`` (resampled after step t; the last row is always False),
+    ``ancestors : (T, G, K)`` (the indices applied after step t; identity where not resampled) and
+    ``log_evidence_increments : (T, G)`` (they sum to ``log_evidence``).
+    """
+
+    x: State
+    log_weights: Tensor
+    log_evidence: Tensor
+    ess: Tensor
+    resampled: Tensor
+    ancestors: Tensor
+    log_evidence_increments: Tensor
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Tensor:
+        """Normalised weights (G, K), summing to one in each group."""
+        return torch.softmax(self.log_weights, dim=-1)
+
+    @property
+    def num_groups(self) -> int:
+        return self.log_weights.shape[0]
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_weights.shape[1]
+
+
+def check_model(model) -> None:
+    """Raise ``TypeError`` naming every part of the Feynman–Kac model API that ``model`` lacks."""
+    missing = [name for name in _MODEL_API if not hasattr(model, name)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} is not a Feynman–Kac model: missing {', '.join(missing)} "
+            "(expected num_steps, init(G, K, generator), move(t, x, generator), "
+            "log_potential(t, x_prev, x) -> (G, K))"
+        )
+    if not isinstance(model.num_steps, int) or model.num_steps < 1:
+        raise ValueError(f"model.num_steps must be a positive int, got {model.num_steps!r}")
+
+
+def _check_state(x: State, G: int, K: int, where: str) -> None:
+    items = x.items() if isinstance(x, Mapping) else [("x", x)]
+    for name, value in items:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}: state entry {name!r} must be a tensor, got {type(value).__name__}")
+        if value.dim() < 2 or tuple(value.shape[:2]) != (G, K):
+            raise ValueError(
+                f"{where}: state entry {name!r} must have leading dims (G, K) = ({G}, {K}), "
+                f"got shape {tuple(value.shape)}"
+            )
+
+
+def gather(x: State, ancestors: Tensor) -> State:
+    """Select particles: ``x[g, ancestors[g, k]]`` for every entry of the state.
+
+    ``x`` : tensor or dict of tensors (G, K, ...); ``ancestors : (G, K')`` → state (G, K', ...).
+    """
+    if isinstance(x, Mapping):
+        return {name: gather(value, ancestors) for name, value in x.items()}
+    rows = torch.arange(ancestors.shape[0], device=ancestors.device)[:, None]
+    return x[rows, ancestors]
+
+
+def _log_mean_exp(log_w: Tensor) -> Tensor:
+    return torch.logsumexp(log_w, dim=-1) - math.log(log_w.shape[-1])
+
+
+def _fail_message(lse: Tensor, t: int) -> str:
+    nan = torch.nonzero(torch.isnan(lse)).flatten().tolist()
+    dead = torch.nonzero(torch.isneginf(lse)).flatten().tolist()
+    inf = torch.nonzero(torch.isposinf(lse)).flatten().tolist()
+    parts = []
+    if dead:
+        parts.append(f"every particle has weight zero (log-weight -inf) in group(s) {dead}")
+    if nan:
+        parts.append(f"the log-potential returned NaN in group(s) {nan}")
+    if inf:
+        parts.append(f"the log-potential returned +inf in group(s) {inf}")
+    return f"SMC failed at step {t}: " + "; ".join(parts)
+
+
+def run(
+    model,
+    num_groups: int,
+    num_particles: int,
+    resampler: Resampler | None,
+    generator: GeneratorSpec,
+    callback: Callable[[StepInfo], None] | None = None,
+    *,
+    resample_generator: GeneratorSpec | None = None,
+    progress: bool = False,
+) -> SMCResult:
+    """Run the Feynman–Kac model ``model`` with ``num_groups`` × ``num_particles`` particles.
+
+    ``generator`` (one ``torch.Generator`` or one per group) is handed to ``model.init`` and
+    ``model.move``. Resampling draws from ``resample_generator``, by default an independent stream
+    derived from ``generator``'s seed without consuming from it — so with K = 1, or with
+    resampling off, the particles are exactly those of the model run alone.
+    ``resampler=None`` never resamples (importance sampling). ``callback(StepInfo)`` is called
+    after every step. Returns an :class:`SMCResult`; raises :class:`SMCFailedError` naming the step
+    when some group's weights all become zero.
+    """
+    check_model(model)
+    for name, value in (("num_groups", num_groups), ("num_particles", num_particles)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    _rng.check_generator(generator)
+    if resample_generator is None:
+        resample_generator = _rng.derive(generator, "smcdiff.resampling")
+    G, K, T = num_groups, num_particles, model.num_steps
+
+    x = model.init(G, K, generator)
+    _check_state(x, G, K, "model.init")
+    device = _first_tensor(x).device
+    log_w = torch.zeros(G, K, dtype=torch.float64, device=device)
+    identity = torch.arange(K, device=device).expand(G, K)
+    never = torch.zeros(G, dtype=torch.bool, device=device)
+    ess_hist, res_hist, anc_hist, logz_hist = [], [], [], []
+
+    steps = range(T)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="smc", leave=False)
+    for t in steps:
+        x_new = model.move(t, x, generator)
+        _check_state(x_new, G, K, f"model.move at step {t}")
+        inc = model.log_potential(t, x, x_new)
+        if not isinstance(inc, torch.Tensor) or tuple(inc.shape) != (G, K):
+            shape = tuple(inc.shape) if isinstance(inc, torch.Tensor) else type(inc).__name__
+            raise ValueError(f"log_potential at step {t} must return a (G, K) = ({G}, {K}) tensor, got {shape}")
+        log_w = log_w + inc.to(torch.float64)
+        x = x_new
+        lse = torch.logsumexp(log_w, dim=-1)
+        if not bool(torch.isfinite(lse).all()):
+            raise SMCFailedError(_fail_message(lse, t))
+        log_norm = log_w - lse[:, None]
+        ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=-1))
+        logz_hist.append(lse - math.log(K))
+        if resampler is not None and t < T - 1:
+            outcome = resampler(log_w, resample_generator)
+            resampled, ancestors = outcome.resampled, outcome.ancestors
+        else:
+            resampled, ancestors = never, identity
+        ess_hist.append(ess)
+        res_hist.append(resampled)
+        anc_hist.append(ancestors)
+        if callback is not None:
+            callback(StepInfo(t, x, log_w, ess, logz_hist[-1], resampled))
+        if resampler is not None and t < T - 1:
+            x = gather(x, ancestors)
+            flat = (lse - math.log(K))[:, None].expand(G, K)
+            log_w = torch.where(resampled[:, None], flat, log_w)
+
+    logz = torch.stack(logz_hist)
+    increments = torch.diff(logz, dim=0, prepend=torch.zeros_like(logz[:1]))
+    return SMCResult(
+        x=x,
+        log_weights=log_w,
+        log_evidence=_log_mean_exp(log_w),
+        ess=torch.stack(ess_hist),
+        resampled=torch.stack(res_hist),
+        ancestors=torch.stack(anc_hist),
+        log_evidence_increments=increments,
+    )
+
+
+def _first_tensor(x: State) -> Tensor:
+    return next(iter(x.values())) if isinstance(x, Mapping) else x

@@ -1,0 +1,104 @@
+"""Noise-level schedules σ_0 > σ_1 > … > σ_{N-1} > σ_N = 0 (float64), as in EDM (Karras et al.).
+
+    >>> karras_sigmas(18)[:3]          # 80.0, 57.58598, 40.78557, ...
+    >>> vp_sigmas(18); ve_sigmas(18); iddpm_sigmas(18)
+
+Every schedule returns ``num_steps + 1`` values ending in 0; :func:`check_sigmas` validates a
+user-supplied one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas", "VP_BETA_D", "VP_BETA_MIN"]
+
+VP_BETA_D = 19.9
+VP_BETA_MIN = 0.1
+
+
+def _check_n(num_steps: int) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+
+
+def _check_range(sigma_min: float, sigma_max: float) -> None:
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"expected 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+def _append_zero(s: torch.Tensor) -> torch.Tensor:
+    return torch.cat([s, s.new_zeros(1)])
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """EDM's schedule (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, i = 0..N−1, then 0.
+
+    Returns a float64 tensor of ``num_steps + 1`` values. With ``num_steps = 1`` it is [σ_max, 0].
+    """
+    _check_n(num_steps)
+    _check_range(sigma_min, sigma_max)
+    if rho <= 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    i = torch.arange(num_steps, dtype=torch.float64)
+    frac = i / max(num_steps - 1, 1)
+    s = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return _append_zero(s)
+
+
+def _vp_sigma(t: torch.Tensor, beta_d: float, beta_min: float) -> torch.Tensor:
+    return torch.sqrt(torch.exp(0.5 * beta_d * t**2 + beta_min * t) - 1)
+
+
+def vp_sigmas(num_steps: int, epsilon_s: float = 1e-3, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN) -> torch.Tensor:
+    """The VP (DDPM++) discretisation: t_i = 1 + i/(N−1)·(ε_s − 1), σ_i = σ_vp(t_i), then 0."""
+    _check_n(num_steps)
+    i = torch.arange(num_steps, dtype=torch.float64)
+    t = 1 + i / max(num_steps - 1, 1) * (epsilon_s - 1)
+    return _append_zero(_vp_sigma(t, beta_d, beta_min))
+
+
+def ve_sigmas(num_steps: int, sigma_min: float = 0.02, sigma_max: float = 100.0) -> torch.Tensor:
+    """The VE (NCSN++) discretisation: geometric σ_i = σ_max·(σ_min/σ_max)^{i/(N−1)}, then 0."""
+    _check_n(num_steps)
+    _check_range(sigma_min, sigma_max)
+    i = torch.arange(num_steps, dtype=torch.float64)
+    s = sigma_max * (sigma_min / sigma_max) ** (i / max(num_steps - 1, 1))
+    return _append_zero(s)
+
+
+def iddpm_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 81.0, C1: float = 0.001, C2: float = 0.008, M: int = 1000) -> torch.Tensor:
+    """The improved-DDPM discretisation: N evenly spaced (rounded) points of the cosine grid u_j."""
+    _check_n(num_steps)
+    _check_range(sigma_min, sigma_max)
+
+    def alpha_bar(j: int) -> float:
+        return math.sin(0.5 * math.pi * j / M / (C2 + 1)) ** 2
+
+    u = [0.0] * (M + 1)
+    for j in range(M, 0, -1):
+        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C1) - 1)
+    u_t = torch.tensor(u, dtype=torch.float64)
+    u_t = u_t[(u_t >= sigma_min) & (u_t <= sigma_max)]
+    idx = torch.arange(num_steps, dtype=torch.float64) * (len(u_t) - 1) / max(num_steps - 1, 1)
+    return _append_zero(u_t[torch.round(idx).long()])
+
+
+def check_sigmas(sigmas) -> torch.Tensor:
+    """Validate a schedule and return it as a float64 1-D tensor.
+
+    Expects at least two values, all finite and non-negative, strictly decreasing, ending in 0
+    (the last step denoises). Raises ``ValueError`` saying what was expected.
+    """
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    if s.dim() != 1 or s.numel() < 2:
+        raise ValueError(f"expected a 1-D schedule of at least 2 noise levels, got shape {tuple(s.shape)}")
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError("noise levels must be finite and non-negative")
+    if not bool((s[1:] < s[:-1]).all()):
+        raise ValueError(f"sigmas must be strictly decreasing (σ_0 > σ_1 > … > 0), got {s.tolist()}")
+    if float(s[-1]) != 0.0:
+        raise ValueError(f"sigmas must end in 0 (got last value {float(s[-1])}); use karras_sigmas(...) or append 0")
+    return s

@@ -1,0 +1,5 @@
+"""Denoisers, discriminators and exact models."""
+
+from smcdiff.models.gmm import GaussianMixture
+
+__all__ = ["GaussianMixture"]

@@ -43,6 +43,7 @@ Example — a bootstrap particle filter for a random walk observed with noise::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ from smcdiff import _rng
 from smcdiff.resampling import Resampler
 from smcdiff.types import GeneratorSpec, State, Tensor
 
-__all__ = ["SMCResult", "StepInfo", "SMCFailedError", "run", "gather", "check_model"]
+__all__ = ["SMCResult", "StepInfo", "SMCFailedError", "RejectionControl", "run", "gather", "check_model"]
 
 _MODEL_API = ("num_steps", "init", "move", "log_potential")
 
@@ -96,12 +97,19 @@ class SMCResult:
     resampled: Tensor
     ancestors: Tensor
     log_evidence_increments: Tensor
+    accept_rate: Tensor | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def weights(self) -> Tensor:
         """Normalised weights (G, K), summing to one in each group."""
         return torch.softmax(self.log_weights, dim=-1)
+
+    def to_arviz(self):
+        """This result as an ArviZ ``InferenceData`` (see :func:`smcdiff.diagnostics.to_arviz`)."""
+        from smcdiff.diagnostics import to_arviz
+
+        return to_arviz(self)
 
     @property
     def num_groups(self) -> int:
@@ -110,6 +118,82 @@ class SMCResult:
     @property
     def num_particles(self) -> int:
         return self.log_weights.shape[1]
+
+
+@dataclass(frozen=True)
+class RejectionControl:
+    """Partial rejection control (Liu, Chen & Wong 1998), usable with any model.
+
+    After the potential of step t, a particle with incremental weight w is accepted with
+    probability min(1, w/c); a rejected particle is re-proposed from its previous state
+    (``move(t, x_prev)``) until accepted. The accepted particle's weight becomes
+    max(w, c)·r̂, where r̂ estimates the acceptance probability r_c(x_prev) without bias: each
+    particle keeps proposing until its second acceptance (n trials in all) and r̂ = 1/(n − 1)
+    (Haldane's negative-binomial estimator), so weights and evidence stay unbiased. The threshold
+    c is ``exp(log_c)`` if given, else the ``quantile`` of the group's incremental weights.
+    ``max_rounds`` bounds the proposals per step; particles still short of two acceptances then
+    get a biased r̂ (one acceptance: 1/n) or weight zero (none), with a ``RuntimeWarning``.
+    """
+
+    quantile: float = 0.5
+    log_c: float | None = None
+    max_rounds: int = 64
+
+    def __post_init__(self):
+        if self.log_c is None and not 0.0 <= self.quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {self.quantile}")
+        if not isinstance(self.max_rounds, int) or self.max_rounds < 2:
+            raise ValueError(f"max_rounds must be an int >= 2, got {self.max_rounds!r}")
+
+
+def _rejection_control(model, t, x_prev, x_new, inc, rc: RejectionControl, generator, rc_generator):
+    """Apply :class:`RejectionControl` to step t; returns (state, incremental log-weight, accept rate (G,))."""
+    G, K = inc.shape
+    if rc.log_c is not None:
+        log_c = torch.full((G, 1), float(rc.log_c), dtype=inc.dtype, device=inc.device)
+    else:
+        finite = torch.where(torch.isfinite(inc), inc, torch.full_like(inc, math.nan))
+        log_c = torch.nanquantile(finite, rc.quantile, dim=1, keepdim=True)
+        log_c = torch.nan_to_num(log_c, nan=0.0)
+    count = torch.zeros(G, K, dtype=torch.long, device=inc.device)
+    trials = torch.zeros_like(count)
+    keep_x, keep_inc = x_new, inc.clone()
+    cand_x, cand_inc = x_new, inc
+    for r in range(rc.max_rounds):
+        if r > 0:
+            cand_x = model.move(t, x_prev, generator)
+            cand_inc = model.log_potential(t, x_prev, cand_x).to(inc.dtype)
+        u = _rng.rand((G, K), rc_generator, dtype=inc.dtype, device=inc.device)
+        accept = torch.log(u) < cand_inc - log_c
+        active = count < 2
+        trials = trials + active.long()
+        first = accept & active & (count == 0)
+        keep_x = _where(first, cand_x, keep_x)
+        keep_inc = torch.where(first, cand_inc, keep_inc)
+        count = count + (accept & active).long()
+        if bool((count >= 2).all()):
+            break
+    if bool((count < 2).any()):
+        warnings.warn(
+            f"rejection control at step {t}: {int((count < 2).sum())} particle(s) did not reach two "
+            f"acceptances in max_rounds={rc.max_rounds}; their weights are biased (one acceptance) "
+            "or zero (none). Raise max_rounds or lower the threshold.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    log_r = torch.where(count >= 2, -torch.log((trials - 1).clamp(min=1).to(inc.dtype)),
+                        -torch.log(trials.clamp(min=1).to(inc.dtype)))
+    new_inc = torch.maximum(keep_inc, log_c) + log_r
+    new_inc = torch.where(count > 0, new_inc, torch.full_like(new_inc, -math.inf))
+    rate = count.sum(1).to(inc.dtype) / trials.sum(1).clamp(min=1).to(inc.dtype)
+    return keep_x, new_inc, rate
+
+
+def _where(mask: Tensor, a: State, b: State) -> State:
+    """Per-particle select between two states: ``mask : (G, K)``."""
+    if isinstance(a, Mapping):
+        return {k: _where(mask, a[k], b[k]) for k in a}
+    return torch.where(mask.reshape(mask.shape + (1,) * (a.dim() - 2)), a, b)
 
 
 def check_model(model) -> None:
@@ -175,6 +259,8 @@ def run(
     callback: Callable[[StepInfo], None] | None = None,
     *,
     resample_generator: GeneratorSpec | None = None,
+    resample_steps=None,
+    rejection_control: RejectionControl | None = None,
     progress: bool = False,
 ) -> SMCResult:
     """Run the Feynman–Kac model ``model`` with ``num_groups`` × ``num_particles`` particles.
@@ -183,8 +269,10 @@ def run(
     ``model.move``. Resampling draws from ``resample_generator``, by default an independent stream
     derived from ``generator``'s seed without consuming from it — so with K = 1, or with
     resampling off, the particles are exactly those of the model run alone.
-    ``resampler=None`` never resamples (importance sampling). ``callback(StepInfo)`` is called
-    after every step. Returns an :class:`SMCResult`; raises :class:`SMCFailedError` naming the step
+    ``resampler=None`` never resamples (importance sampling); ``resample_steps`` (a collection of
+    step indices) restricts resampling to after those steps (a fixed schedule; the resampler's
+    ESS threshold still applies — use 1.0 to always resample there). ``rejection_control`` applies
+    :class:`RejectionControl` at every step. ``callback(StepInfo)`` is called after every step. Returns an :class:`SMCResult`; raises :class:`SMCFailedError` naming the step
     when some group's weights all become zero.
     """
     check_model(model)
@@ -195,6 +283,14 @@ def run(
     if resample_generator is None:
         resample_generator = _rng.derive(generator, "smcdiff.resampling")
     G, K, T = num_groups, num_particles, model.num_steps
+    if resample_steps is not None:
+        resample_steps = frozenset(int(i) for i in resample_steps)
+        bad = sorted(i for i in resample_steps if not 0 <= i < T)
+        if bad:
+            raise ValueError(f"resample_steps must lie in [0, {T - 1}], got {bad}")
+    if rejection_control is not None and not isinstance(rejection_control, RejectionControl):
+        raise TypeError("rejection_control must be a smcdiff.engine.RejectionControl")
+    rc_generator = _rng.derive(generator, "smcdiff.rejection_control") if rejection_control else None
 
     x = model.init(G, K, generator)
     _check_state(x, G, K, "model.init")
@@ -202,7 +298,7 @@ def run(
     log_w = torch.zeros(G, K, dtype=torch.float64, device=device)
     identity = torch.arange(K, device=device).expand(G, K)
     never = torch.zeros(G, dtype=torch.bool, device=device)
-    ess_hist, res_hist, anc_hist, logz_hist = [], [], [], []
+    ess_hist, res_hist, anc_hist, logz_hist, rate_hist = [], [], [], [], []
 
     steps = range(T)
     if progress:
@@ -216,7 +312,11 @@ def run(
         if not isinstance(inc, torch.Tensor) or tuple(inc.shape) != (G, K):
             shape = tuple(inc.shape) if isinstance(inc, torch.Tensor) else type(inc).__name__
             raise ValueError(f"log_potential at step {t} must return a (G, K) = ({G}, {K}) tensor, got {shape}")
-        log_w = log_w + inc.to(torch.float64)
+        inc = inc.to(torch.float64)
+        if rejection_control is not None:
+            x_new, inc, rate = _rejection_control(model, t, x, x_new, inc, rejection_control, generator, rc_generator)
+            rate_hist.append(rate)
+        log_w = log_w + inc
         x = x_new
         lse = torch.logsumexp(log_w, dim=-1)
         if not bool(torch.isfinite(lse).all()):
@@ -224,7 +324,8 @@ def run(
         log_norm = log_w - lse[:, None]
         ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=-1))
         logz_hist.append(lse - math.log(K))
-        if resampler is not None and t < T - 1:
+        do_resample = resampler is not None and t < T - 1 and (resample_steps is None or t in resample_steps)
+        if do_resample:
             outcome = resampler(log_w, resample_generator)
             resampled, ancestors = outcome.resampled, outcome.ancestors
         else:
@@ -234,7 +335,7 @@ def run(
         anc_hist.append(ancestors)
         if callback is not None:
             callback(StepInfo(t, x, log_w, ess, logz_hist[-1], resampled))
-        if resampler is not None and t < T - 1:
+        if do_resample:
             x = gather(x, ancestors)
             flat = (lse - math.log(K))[:, None].expand(G, K)
             log_w = torch.where(resampled[:, None], flat, log_w)
@@ -249,6 +350,7 @@ def run(
         resampled=torch.stack(res_hist),
         ancestors=torch.stack(anc_hist),
         log_evidence_increments=increments,
+        accept_rate=torch.stack(rate_hist) if rate_hist else None,
     )
 
 

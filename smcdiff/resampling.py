@@ -50,6 +50,7 @@ once per round whether any offspring is still waiting.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from typing import NamedTuple
@@ -112,10 +113,11 @@ def _weights(log_weights, generator, num) -> tuple[Tensor, int, int, int]:
         num = operator.index(num)
         if num < 1:
             raise ValueError(f"num (offspring per group) must be >= 1, got {num}")
-    w = log_weights.to(_F64, copy=True)
-    m = w.amax(1, keepdim=True)
+    m = log_weights.amax(1, keepdim=True).to(_F64)
     _check_values(log_weights, m)
-    return w.sub_(m).exp_(), G, K, num
+    w = log_weights.to(_F64)  # a copy unless already float64
+    w = w - m if w is log_weights else w.sub_(m)
+    return w.exp_(), G, K, num
 
 
 def _cdf_(w: Tensor) -> Tensor:
@@ -127,6 +129,12 @@ def _cdf_(w: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- shared pieces
 
 
+def _to_int64_(x: Tensor) -> Tensor:
+    """Integer-valued float64 ``x`` -> int64 in the same memory (an elementwise cast over the
+    same bytes; saves allocating, and page-faulting, a second buffer of the size of ``x``)."""
+    return x.view(torch.int64).copy_(x)
+
+
 def _ancestors_from_counts(n: Tensor, num: int) -> Tensor:
     """Cumulative offspring counts ``n : (G, K)`` (non-decreasing, last = num) -> ``(G, num)``.
 
@@ -135,20 +143,19 @@ def _ancestors_from_counts(n: Tensor, num: int) -> Tensor:
     G, K = n.shape
     ones = torch.ones((), dtype=torch.int64, device=n.device).expand(G, K)
     hist = torch.zeros(G, num + 1, dtype=torch.int64, device=n.device).scatter_add_(1, n, ones)
-    return torch.cumsum(hist[:, :num], 1)
+    return torch.cumsum(hist, 1, out=hist)[:, :num].contiguous()
 
 
-def _cumulative_counts(x: Tensor, u: Tensor) -> Tensor:
-    """``#{i : u_i + i < x_j}`` for ``x = num * cdf : (G, K)`` and ``u`` in [0, 1) per stratum.
+def _cumulative_counts(x: Tensor, u: Tensor, num: int) -> Tensor:
+    """``n_j = #{i : u_i + i < x_j} = ceil(x_j - u_floor(x_j))`` for ``x = num * cdf : (G, K)``.
 
-    ``u`` is ``(G, 1)`` (systematic) or ``(G, num)`` (stratified, gathered at stratum
-    ``floor(x_j)``). Exact integer arithmetic: ``floor(x) + [u_floor(x) < x - floor(x)]``.
+    ``u`` is ``(G, 1)`` (systematic) or ``(G, num)`` (stratified). Overwrites ``x``; int64 out.
+    ``u`` is first clipped to ``1 - ulp(num)`` (a move below 2^-32 for num <= 2^20), so that
+    rounding ``x - u`` never crosses ``floor(x) - 1``: counts stay monotone and end at num.
     """
-    f = x.to(torch.int64)  # floor, x >= 0
-    frac = x.sub_(f)
-    if u.shape[1] > 1:
-        u = u.gather(1, f.clamp(max=u.shape[1] - 1))  # stratum num (x = num) has frac 0
-    return f.add_(u < frac)
+    if u.shape[1] > 1:  # the u of stratum floor(x_j); x_j = num behaves like stratum num - 1
+        u = u.gather(1, x.to(torch.int64).clamp_(max=num - 1))
+    return _to_int64_(x.sub_(u.clamp(max=1.0 - math.ulp(num))).ceil_())
 
 
 def _sorted_positions(G: int, n: int, generator, device) -> Tensor:
@@ -231,7 +238,7 @@ def multinomial(log_weights: Tensor, generator: GeneratorSpec, num: int | None =
     w, G, K, num = _weights(log_weights, generator, num)
     cdf = _cdf_(w)
     s = _sorted_positions(G, num, generator, w.device)
-    return _inverse_cdf(cdf, s[:, :num] / s[:, num:])
+    return _inverse_cdf(cdf, s[:, :num].div_(s[:, num:].clone()).contiguous())
 
 
 @register("systematic")
@@ -243,7 +250,7 @@ def systematic(log_weights: Tensor, generator: GeneratorSpec, num: int | None = 
     w, G, K, num = _weights(log_weights, generator, num)
     u = rand((G, 1), generator, dtype=_F64, device=w.device)
     x = _cdf_(w).mul_(num)
-    return _ancestors_from_counts(_cumulative_counts(x, u), num)
+    return _ancestors_from_counts(_cumulative_counts(x, u, num), num)
 
 
 @register("stratified")
@@ -255,7 +262,7 @@ def stratified(log_weights: Tensor, generator: GeneratorSpec, num: int | None = 
     w, G, K, num = _weights(log_weights, generator, num)
     u = rand((G, num), generator, dtype=_F64, device=w.device)
     x = _cdf_(w).mul_(num)
-    return _ancestors_from_counts(_cumulative_counts(x, u), num)
+    return _ancestors_from_counts(_cumulative_counts(x, u, num), num)
 
 
 @register("residual")
@@ -268,38 +275,43 @@ def residual(log_weights: Tensor, generator: GeneratorSpec, num: int | None = No
     """
     w, G, K, num = _weights(log_weights, generator, num)
     # Deterministic copies.
-    x = w.mul_(num / w.sum(1, keepdim=True))
-    copies = x.floor()
-    rest = (num - copies.sum(1, keepdim=True).to(torch.int64)).clamp_(0, num)  # (G, 1)
+    x = w.mul_(num / w.sum(1, keepdim=True))  # expected offspring counts
+    copies = torch.floor(x)
+    rest = (num - copies.sum(1, keepdim=True)).clamp_(0, num).to(torch.int64)  # R : (G, 1)
     # Multinomial on the remainders: R sorted uniforms per group, the unused slots at +inf.
-    rem_cdf = torch.cumsum(x.sub_(copies), 1)
-    rem_cdf.div_(rem_cdf[:, -1:].clamp(min=torch.finfo(_F64).tiny))
+    rem_cdf = torch.cumsum(x.sub_(copies), 1, out=x)
+    rem_cdf.div_(rem_cdf[:, -1:].clamp(min=torch.finfo(_F64).tiny))  # all-zero when R = 0
     s = _sorted_positions(G, num, generator, w.device)
-    u = (s[:, :num] / s.gather(1, rest)).clamp_(max=_BELOW_ONE)
+    u = s[:, :num].div_(s.gather(1, rest)).clamp_(max=_BELOW_ONE).contiguous()
     u.masked_fill_(torch.arange(num, device=w.device) >= rest, float("inf"))
     drawn = torch.searchsorted(u, rem_cdf)  # #{i < R : u_i < cdf_j}
-    n = torch.cumsum(copies, 1).to(torch.int64).add_(drawn)  # last: (num - R) + R
-    return _ancestors_from_counts(n, num)
+    # Cumulative counts: copies then drawn; the last is (num - R) + R = num.
+    torch.cumsum(copies, 1, out=copies)
+    return _ancestors_from_counts(drawn.add_(_to_int64_(copies)), num)
 
 
 @register("rejection")
 def rejection(
-    log_weights: Tensor, generator: GeneratorSpec, num: int | None = None, *, max_rounds: int = 1000
+    log_weights: Tensor, generator: GeneratorSpec, num: int | None = None, *, max_rounds: int = 100
 ) -> Tensor:
-    """Rejection resampling (Murray, Lee & Jacob 2016); no cumulative sum, no search.
+    """Rejection resampling (Murray, Lee & Jacob 2016): no cumulative sum, no search.
 
     ``log_weights : (G, K)`` -> ``(G, num)`` int64, not sorted. Offspring ``i`` starts at
-    ``j = i mod K`` and keeps it with probability ``w_j / w_max`` (when num is not a multiple of
-    K, the last ``num mod K`` offspring skip this step, which would bias the counts towards the
-    low indices); until it accepts, it proposes
-    ``j ~ Uniform{0..K-1}`` and accepts with probability ``w_j / w_max``. Fully vectorised in
-    rounds: each round every group draws ``num`` proposals and hands them round-robin to its
-    offspring still waiting (so stragglers get many per round, and a group's draws never depend
-    on the other groups); an offspring takes its first accepted proposal. After ``max_rounds``
-    rounds the offspring still waiting draw from the multinomial directly; by memorylessness
-    that is exactly the distribution they would reach, so the cap costs no bias. Expected
-    proposals per offspring: ``w_max / mean(w)``, so use it for fairly even weights.
+    ``j = i mod K`` and keeps it with probability ``w_j / w_max``; until it accepts, it proposes
+    ``j ~ Uniform{0..K-1}`` and accepts with probability ``w_j / w_max``. (When num is not a
+    multiple of K, the last ``num mod K`` offspring skip the first step, whose starts would
+    otherwise favour the low indices.)
+
+    Vectorised in rounds: each round every group draws ``num`` proposals and hands them
+    round-robin to its offspring still waiting, so stragglers get many per round and a group's
+    draws never depend on the other groups; an offspring takes its first accepted proposal.
+    Expect about ``w_max / mean(w)`` rounds, one host sync each: use it for fairly even weights.
+    After ``max_rounds`` rounds the offspring still waiting draw from the multinomial directly.
+    A waiting offspring's proposals are fresh i.i.d. draws, so (memorylessness) that is exactly
+    the distribution it would reach: the cap bounds the time and costs no bias.
     """
+    if operator.index(max_rounds) < 0:
+        raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
     ratio, G, K, num = _weights(log_weights, generator, num)  # w_j / w_max
     dev = ratio.device
     slots = torch.arange(num, device=dev).expand(G, num)

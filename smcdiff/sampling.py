@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from smcdiff import _rng, engine
-from smcdiff.engine import SMCResult, StepInfo
+from smcdiff.engine import RejectionControl, SMCResult, StepInfo
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.resampling import Resampler
 from smcdiff.types import GeneratorSpec, Tensor
@@ -43,12 +43,14 @@ _FORMS = ("difference", "incremental")
 class SampleResult(SMCResult):
     """:class:`~smcdiff.engine.SMCResult` of a diffusion run, with ``x : (G, K, *shape)`` the final
     samples, ``x0_hat`` the last denoiser outputs, ``potential : (G, K)`` the last potential
-    values, ``sigmas`` the schedule, ``nfe`` network evaluations per particle trajectory (total
+    values, ``named_potentials`` the last value of each named term ``(G, K)`` of potentials that
+    define ``terms`` (sums, Pyro programs), ``sigmas`` the schedule, ``nfe`` network evaluations per particle trajectory (total
     calls / (G·K), e.g. 2N − 1 for Heun) and ``nfe_total`` all network evaluations.
     """
 
     x0_hat: Tensor | None = None
     potential: Tensor | None = None
+    named_potentials: Mapping[str, Tensor] = field(default_factory=dict)
     sigmas: Tensor | None = None
     nfe: float = 0.0
     nfe_total: int = 0
@@ -58,7 +60,7 @@ class DiffusionModel:
     """The Feynman–Kac model behind :func:`sample` (one instance per run; it counts NFE).
 
     State: dict with ``x`` (G, K, *shape) float64, ``x0_hat`` like x, ``v`` (G, K) the current
-    potential value, and ``cond.<name>`` (G, K, ...) for each conditioning tensor (they follow their
+    potential value, ``term.<name>`` (G, K) each named potential term, and ``cond.<name>`` (G, K, ...) for each conditioning tensor (they follow their
     particle through resampling).
     """
 
@@ -97,10 +99,15 @@ class DiffusionModel:
         new["x0_hat"] = out.x0_hat.reshape(x.shape)
         if self.potential is not None:
             sigma = self.sigmas[t + 1].to(x.device).expand(N)
-            v = self.potential(out.x, sigma, out.x0_hat, **cond)
-            if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
-                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"potential must return one log-value per sample, shape ({N},), got {got}")
+            if hasattr(self.potential, "terms"):
+                terms = self.potential.terms(out.x, sigma, out.x0_hat, **cond)
+                for name, value in terms.items():
+                    _check_value(value, N, f"potential term {name!r}")
+                    new[f"term.{name}"] = value.to(torch.float64).reshape(G, K)
+                v = sum(terms.values())
+            else:
+                v = self.potential(out.x, sigma, out.x0_hat, **cond)
+            _check_value(v, N, "potential")
             new["v"] = v.to(torch.float64).reshape(G, K)
         return new
 
@@ -110,6 +117,12 @@ class DiffusionModel:
         if self.potential_form == "difference":
             return new["v"] - prev["v"]
         return new["v"]
+
+
+def _check_value(v, N: int, what: str) -> None:
+    if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{what} must return one log-value per sample, shape ({N},), got {got}")
 
 
 def _check_cond(cond, G, K) -> dict:
@@ -137,6 +150,8 @@ def sample(
     potential_form: str = "difference",
     cond: Mapping[str, Tensor] | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    resample_steps=None,
+    rejection_control: RejectionControl | None = None,
     progress: bool = False,
 ) -> SampleResult:
     """Sample ``num_groups`` × ``num_particles`` particles of shape ``shape`` by SMC.
@@ -147,8 +162,9 @@ def sample(
     None (plain sampling); ``resampler`` a :class:`~smcdiff.resampling.Resampler` or None (never
     resample); ``generator`` one ``torch.Generator`` or one per group (required — smcdiff never
     uses the global RNG); ``x_init : (G, K, *shape)`` optional unit-variance latents (the start is
-    σ_0·x_init); ``cond`` tensors (G, K, ...) passed to the denoiser and potential as keywords.
-    Returns a :class:`SampleResult`.
+    σ_0·x_init); ``cond`` tensors (G, K, ...) passed to the denoiser and potential as keywords;
+    ``resample_steps``, ``rejection_control``, ``callback`` and ``progress`` go to
+    :func:`smcdiff.engine.run`. Returns a :class:`SampleResult`.
     """
     if generator is None:
         raise TypeError("sample() needs generator=torch.Generator().manual_seed(seed) (or one per group)")
@@ -183,7 +199,8 @@ def sample(
         )
     model = DiffusionModel(denoiser, sigmas, kernel, potential, shape=shape, x_init=x_init,
                            potential_form=potential_form, cond=_check_cond(cond, num_groups, num_particles))
-    res = engine.run(model, num_groups, num_particles, resampler, generator, callback, progress=progress)
+    res = engine.run(model, num_groups, num_particles, resampler, generator, callback, progress=progress,
+                     resample_steps=resample_steps, rejection_control=rejection_control)
     total = int(model.network_calls) if model.network_calls is not None else 0
     return SampleResult(
         x=res.x["x"],
@@ -193,8 +210,10 @@ def sample(
         resampled=res.resampled,
         ancestors=res.ancestors,
         log_evidence_increments=res.log_evidence_increments,
+        accept_rate=res.accept_rate,
         x0_hat=res.x["x0_hat"],
         potential=res.x["v"],
+        named_potentials={k[5:]: v for k, v in res.x.items() if k.startswith("term.")},
         sigmas=sigmas,
         nfe=total / (num_groups * num_particles),
         nfe_total=total,

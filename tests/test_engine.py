@@ -182,3 +182,40 @@ def test_callback_sees_every_step():
     engine.run(LinearGaussian(YS), 2, 4, Resampler("systematic", 0.5), torch.Generator().manual_seed(0),
                callback=lambda info: seen.append((info.t, info.log_weights.shape, info.ess.shape)))
     assert seen == [(t, (2, 4), (2,)) for t in range(len(YS))]
+
+
+@pytest.mark.parametrize("rc", [engine.RejectionControl(quantile=0.5, max_rounds=2000), engine.RejectionControl(log_c=-5.0, max_rounds=2000)],
+                         ids=["quantile", "fixed-c"])
+def test_rejection_control_keeps_the_evidence_unbiased(rc):
+    # Haldane's estimate of the acceptance probability keeps Z_hat unbiased (Kalman check again).
+    G, K = 300, 64
+    res = engine.run(LinearGaussian(YS), G, K, Resampler("systematic", 0.5), torch.Generator().manual_seed(2),
+                     rejection_control=rc)
+    exact = kalman_log_evidence(YS)
+    ratio = torch.exp(res.log_evidence - exact)
+    assert abs(ratio.mean().item() - 1.0) < 5 * ratio.std().item() / math.sqrt(G)
+    assert res.accept_rate.shape == (len(YS), G)
+    assert ((res.accept_rate > 0) & (res.accept_rate <= 1)).all()
+
+
+def test_rejection_control_moves_particles_towards_high_weight():
+    # One step, prior N(0, 1), potential favouring x > 1: with c at the median weight the
+    # accepted particles have a larger mean than the raw proposals.
+    model = LinearGaussian([3.0])
+    plain = engine.run(model, 1, 4000, None, torch.Generator().manual_seed(0))
+    rc = engine.run(model, 1, 4000, None, torch.Generator().manual_seed(0),
+                    rejection_control=engine.RejectionControl(quantile=0.5))
+    assert rc.x.mean() > plain.x.mean() + 0.2
+    # the weighted estimates of E[x | y] agree (both consistent): posterior mean = y * P0 / (P0 + RV)
+    exact = 3.0 * P0 / (P0 + RV)
+    for res in (plain, rc):
+        est = (res.weights * res.x).sum().item()
+        assert abs(est - exact) < 0.1
+
+
+def test_resample_steps_restricts_resampling():
+    res = engine.run(LinearGaussian(YS), 2, 8, Resampler("systematic", 1.0), torch.Generator().manual_seed(0),
+                     resample_steps=[1, 4])
+    assert res.resampled[:, 0].nonzero().flatten().tolist() == [1, 4]
+    with pytest.raises(ValueError, match="resample_steps"):
+        engine.run(LinearGaussian(YS), 2, 8, Resampler(), torch.Generator(), resample_steps=[99])

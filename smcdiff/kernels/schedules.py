@@ -13,7 +13,7 @@ import math
 
 import torch
 
-__all__ = ["karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas", "VP_BETA_D", "VP_BETA_MIN"]
+__all__ = ["karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas", "vp_time", "vp_alpha", "VP_BETA_D", "VP_BETA_MIN"]
 
 VP_BETA_D = 19.9
 VP_BETA_MIN = 0.1
@@ -102,3 +102,19 @@ def check_sigmas(sigmas) -> torch.Tensor:
     if float(s[-1]) != 0.0:
         raise ValueError(f"sigmas must end in 0 (got last value {float(s[-1])}); use karras_sigmas(...) or append 0")
     return s
+
+
+def vp_time(sigma, beta_min: float = VP_BETA_MIN, beta_max: float = 20.0):
+    """The VP time τ(σ) ∈ [0, 1] of an EDM noise level (REFERENCE §0.3).
+
+    τ = (−β0 + √(β0² + 2(β1 − β0)·ln(1 + σ²))) / (β1 − β0), β0 = 0.1, β1 = 20. Elementwise on a tensor.
+    """
+    sigma = torch.as_tensor(sigma)
+    bd = beta_max - beta_min
+    return (-beta_min + torch.sqrt(beta_min**2 + 2 * bd * torch.log1p(sigma**2))) / bd
+
+
+def vp_alpha(tau, beta_min: float = VP_BETA_MIN, beta_max: float = 20.0):
+    """The VP signal scale α(τ) = exp(−¼τ²(β1 − β0) − ½τβ0) (= 1/√(1 + σ²) at τ = τ(σ))."""
+    tau = torch.as_tensor(tau)
+    return torch.exp(-0.25 * tau**2 * (beta_max - beta_min) - 0.5 * tau * beta_min)

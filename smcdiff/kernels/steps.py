@@ -69,11 +69,12 @@ def euler_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, cond=None) ->
     return StepOutput(x_next, x0, torch.ones(x.shape[0], dtype=torch.long, device=x.device))
 
 
-def heun_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, cond=None) -> StepOutput:
+def heun_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, cond=None, denoiser2=None) -> StepOutput:
     """EDM's 2nd-order Heun step; samples whose ``t_next`` is 0 take the Euler step only.
 
     Only the samples that need the correction are sent to the network, so ``nfe`` is 2 for them
-    and 1 for the others.
+    and 1 for the others. ``denoiser2`` (default: ``denoiser``) is used for the correction, e.g.
+    with a different guidance weight.
     """
     # Euler step.
     x0 = denoise(denoiser, x, t_cur, cond)
@@ -90,7 +91,7 @@ def heun_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, cond=None) -> 
         return StepOutput(x_next, x0, nfe)
     # Apply 2nd order correction.
     xs, ts = (x_next, t_next) if idx is None else (x_next[idx], t_next[idx])
-    x0_2 = denoise(denoiser, xs, ts, cond if idx is None else _subset(cond, idx))
+    x0_2 = denoise(denoiser2 or denoiser, xs, ts, cond if idx is None else _subset(cond, idx))
     d2 = (xs - x0_2) / _b(ts, xs)
     if idx is None:
         return StepOutput(x + h * (0.5 * d + 0.5 * d2), x0_2, nfe + 1)

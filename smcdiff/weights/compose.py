@@ -1,0 +1,249 @@
+"""Composing potentials: sums, scaling, σ-windows, and named terms.
+
+A potential is any callable ``V(x, sigma, x0_hat, **cond) -> (N,)`` log-value, with ``x : (N,
+*event)`` the particles, ``sigma : (N,)`` their float64 noise level and ``x0_hat : (N, *event)`` the
+denoiser output. A potential *may* also define ``terms(x, sigma, x0_hat, **cond) -> dict[str,
+(N,)]``: named components whose sum is the value. The sampler then records each term separately in
+its diagnostics. A term that is missing from the dict at some step is zero at that step (for
+example, :class:`Window` does not evaluate its child while the whole batch is outside the window).
+
+* ``Sum(V1, V2, ...)`` — V = Σ_i V_i. Terms: a child with no ``terms`` gives one term named by the
+  child (its ``name`` attribute, else its function ``__name__``, else ``term{i}``); a child with
+  ``terms`` gives its terms prefixed ``"<child>."`` (a term already named like the child keeps that
+  name). Child names must be distinct.
+* ``Scale(V, lam)`` — λ·V (each term scaled). λ = 0 gives exactly 0 without evaluating V, so a
+  potential that is −∞ somewhere cannot turn into NaN.
+* ``Window(V, sigma_min, sigma_max)`` — V where sigma_min ≤ σ ≤ sigma_max, 0 elsewhere, per sample.
+  V is evaluated on the whole batch (some potentials use batch statistics) and skipped entirely
+  when no sample is inside the window.
+* :func:`evaluate_terms` — what the sampler calls: ``(value (N,), {name: (N,)})`` in float64, with
+  the shapes checked and NaN refused.
+
+With the sampler's ``"difference"`` form (log w += V_new − V_old) a window makes the weight jump
+by V when a particle enters it; the weights still telescope to the final V.
+
+    >>> import torch
+    >>> from smcdiff.weights import Sum, Scale, Window, evaluate_terms
+    >>> def near_origin(x, sigma, x0_hat):
+    ...     return -(x0_hat ** 2).sum(-1)
+    >>> def right_half(x, sigma, x0_hat):
+    ...     return torch.where(x0_hat[:, 0] > 0, 0.0, -5.0).double()
+    >>> V = Sum(Scale(near_origin, 0.5), Window(right_half, sigma_max=1.0))
+    >>> x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> sigma = torch.tensor([0.1, 0.5, 2.0, 5.0], dtype=torch.float64)
+    >>> value, terms = evaluate_terms(V, x, sigma, x)
+    >>> sorted(terms)
+    ['near_origin', 'right_half']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+
+from smcdiff.types import Tensor
+
+__all__ = ["Sum", "Scale", "Window", "evaluate_terms", "potential_name"]
+
+
+def potential_name(potential, default: str = "potential") -> str:
+    """The name a potential's value is recorded under.
+
+    Its ``name`` attribute if that is a non-empty string, else a function's ``__name__`` (not
+    ``"<lambda>"``), else ``default``.
+    """
+    name = getattr(potential, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    name = getattr(potential, "__name__", None)
+    if isinstance(name, str) and name and name != "<lambda>":
+        return name
+    return default
+
+
+def _check_value(v, N: int, who: str) -> Tensor:
+    """Return ``v`` as float64 after checking it is a tensor of shape (N,)."""
+    if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{who} must return one log-value per sample, a tensor of shape ({N},), got {got}")
+    return v.to(torch.float64)
+
+
+def _num(x) -> int:
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (N, *event), got {got}")
+    return x.shape[0]
+
+
+def _has_terms(potential) -> bool:
+    return callable(getattr(potential, "terms", None))
+
+
+def _raw_terms(potential, who: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
+    """The terms of ``potential`` (or ``{name: value}``), shape-checked, float64, NaN not checked."""
+    N = _num(x)
+    if _has_terms(potential):
+        terms = potential.terms(x, sigma, x0_hat, **cond)
+        if not isinstance(terms, Mapping):
+            raise ValueError(f"{who}.terms must return a dict of name -> (N,) tensors, got {type(terms).__name__}")
+        out = {}
+        for key, v in terms.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{who}.terms must use non-empty string names, got {key!r}")
+            out[key] = _check_value(v, N, f"{who}.terms[{key!r}]")
+        return out
+    return {potential_name(potential): _check_value(potential(x, sigma, x0_hat, **cond), N, who)}
+
+
+def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> tuple[Tensor, dict[str, Tensor]]:
+    """Evaluate a potential and its named terms: ``-> (value : (N,), {name: (N,)})``, float64.
+
+    Uses ``potential.terms`` when it exists (value = sum of the terms; an empty dict means 0), else
+    ``potential(...)`` recorded as one term named by :func:`potential_name`. ``x : (N, *event)``,
+    ``sigma : (N,)``, ``x0_hat : (N, *event)``. Raises ``ValueError`` naming the potential when
+    an output is not a tensor of shape (N,) or contains NaN (−inf is allowed: zero weight).
+    """
+    if not callable(potential):
+        raise TypeError(f"potential must be callable as V(x, sigma, x0_hat, **cond) -> (N,), got {potential!r}")
+    who = f"potential {potential_name(potential, type(potential).__name__)!r}"
+    terms = _raw_terms(potential, who, x, sigma, x0_hat, cond)
+    value = torch.zeros(_num(x), dtype=torch.float64, device=x.device)
+    for key, v in terms.items():
+        if bool(torch.isnan(v).any()):
+            raise ValueError(f"{who} returned NaN in term {key!r} (use -inf for zero weight)")
+        value = value + v
+    return value, terms
+
+
+class Sum:
+    """V = Σ_i V_i(x, sigma, x0_hat, **cond); ``terms`` flattens the children's terms (see module doc).
+
+    ``Sum(*potentials, name="sum")``; at least one potential, with distinct names.
+    """
+
+    def __init__(self, *potentials: Callable, name: str = "sum"):
+        if not potentials:
+            raise ValueError("Sum needs at least one potential")
+        for i, p in enumerate(potentials):
+            if not callable(p):
+                raise TypeError(f"Sum: argument {i} must be a potential V(x, sigma, x0_hat, **cond) -> (N,), got {p!r}")
+        names = [potential_name(p, f"term{i}") for i, p in enumerate(potentials)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"Sum: potentials must have distinct names, {dup} repeated; pass name=... to tell them apart")
+        self.potentials, self.names, self.name = tuple(potentials), names, name
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
+        N = _num(x)
+        total = torch.zeros(N, dtype=torch.float64, device=x.device)
+        for p, n in zip(self.potentials, self.names):
+            total = total + _check_value(p(x, sigma, x0_hat, **cond), N, f"potential {n!r}")
+        return total
+
+    def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for p, n in zip(self.potentials, self.names):
+            child = _raw_terms(p, f"potential {n!r}", x, sigma, x0_hat, cond)
+            for key, v in child.items():
+                full = key if (key == n and len(child) == 1) else f"{n}.{key}"
+                if full in out:
+                    raise ValueError(f"Sum: two terms are both named {full!r}; rename one of the potentials")
+                out[full] = v
+        return out
+
+    def __repr__(self) -> str:
+        return f"Sum({', '.join(self.names)})"
+
+
+def _scaled(lam: float, v: Tensor) -> Tensor:
+    return torch.zeros_like(v) if lam == 0 else lam * v
+
+
+def _check_lam(lam) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise ValueError(f"lam must be a finite number, got {lam!r}")
+    return float(lam)
+
+
+class Scale:
+    """λ·V(x, sigma, x0_hat, **cond); λ a finite float (0 → exactly 0, V not evaluated).
+
+    ``Scale(potential, lam, name=None)``: ``name`` defaults to the child's name, so a scaled
+    potential is recorded under the same name; ``terms`` are the child's terms times λ.
+    """
+
+    def __init__(self, potential: Callable, lam: float, name: str | None = None):
+        if not callable(potential):
+            raise TypeError(f"Scale: potential must be callable as V(x, sigma, x0_hat, **cond), got {potential!r}")
+        self.potential, self.lam = potential, _check_lam(lam)
+        self.name = name or potential_name(potential, "scaled")
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
+        N = _num(x)
+        if self.lam == 0:
+            return torch.zeros(N, dtype=torch.float64, device=x.device)
+        return self.lam * _check_value(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
+
+    def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
+        if self.lam == 0:
+            return {}
+        child = _raw_terms(self.potential, f"potential {self.name!r}", x, sigma, x0_hat, cond)
+        if not _has_terms(self.potential):
+            child = {self.name: next(iter(child.values()))}
+        return {k: _scaled(self.lam, v) for k, v in child.items()}
+
+    def __repr__(self) -> str:
+        return f"Scale({self.name!r}, lam={self.lam})"
+
+
+class Window:
+    """V(x, sigma, x0_hat, **cond) where sigma_min ≤ σ ≤ sigma_max (per sample), else 0.
+
+    ``Window(potential, sigma_min=0.0, sigma_max=inf, name=None)``. The child is evaluated on the
+    whole batch when any sample is inside the window and not at all otherwise; ``terms`` are the
+    child's terms masked the same way (an empty dict when the child was skipped: all zero).
+    """
+
+    def __init__(self, potential: Callable, sigma_min: float = 0.0, sigma_max: float = math.inf, name: str | None = None):
+        if not callable(potential):
+            raise TypeError(f"Window: potential must be callable as V(x, sigma, x0_hat, **cond), got {potential!r}")
+        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+        if not (0.0 <= sigma_min <= sigma_max) or math.isnan(sigma_max):
+            raise ValueError(f"Window needs 0 <= sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.potential, self.sigma_min, self.sigma_max = potential, sigma_min, sigma_max
+        self.name = name or potential_name(potential, "windowed")
+
+    def mask(self, sigma: Tensor, N: int) -> Tensor:
+        """``(N,)`` bool: which samples are inside the window (``sigma`` scalar or (N,))."""
+        s = torch.as_tensor(sigma)
+        if s.dim() == 0:
+            s = s.expand(N)
+        if tuple(s.shape) != (N,):
+            raise ValueError(f"Window: sigma must have shape ({N},) (one noise level per sample), got {tuple(s.shape)}")
+        return (s >= self.sigma_min) & (s <= self.sigma_max)
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
+        N = _num(x)
+        inside = self.mask(sigma, N).to(x.device)
+        zero = torch.zeros(N, dtype=torch.float64, device=x.device)
+        if not bool(inside.any()):
+            return zero
+        v = _check_value(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
+        return torch.where(inside, v, zero)
+
+    def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
+        N = _num(x)
+        inside = self.mask(sigma, N).to(x.device)
+        if not bool(inside.any()):
+            return {}
+        child = _raw_terms(self.potential, f"potential {self.name!r}", x, sigma, x0_hat, cond)
+        if not _has_terms(self.potential):
+            child = {self.name: next(iter(child.values()))}
+        zero = torch.zeros(N, dtype=torch.float64, device=x.device)
+        return {k: torch.where(inside, v, zero) for k, v in child.items()}
+
+    def __repr__(self) -> str:
+        return f"Window({self.name!r}, sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

@@ -1,0 +1,73 @@
+"""Reward potentials on x̂0 for FK steering (Singhal et al., "A general framework for inference-time
+scaling and steering of diffusion models").
+
+``RewardPotential(reward, form, lam)`` scores each particle by a reward of its predicted clean
+sample, V = λ·r(x̂0), ``reward(x0_hat, **cond) -> (N,)``. The value is the same for every form;
+``form`` says how the sampler must accumulate it, and :attr:`RewardPotential.potential_form` is the
+matching ``potential_form`` of :func:`smcdiff.sample`:
+
+* ``form="difference"`` → ``potential_form="difference"``: log w_t += λ(r(x̂0_t) − r(x̂0_{t−1})),
+  FK steering's "difference" potential. Along a lineage the weights telescope to λ·r(x̂0) at the
+  last step, which is the final sample for a last step to σ = 0 (EDM Euler/Heun, Euler–Maruyama),
+  so the target is p_θ(x0)·exp(λ r(x0)) and ``log_evidence`` estimates log E[exp(λ r(x0))].
+* ``form="current"`` → ``potential_form="incremental"``: log w_t += λ·r(x̂0_t), the current reward
+  as the step's potential. A lineage accumulates exp(λ Σ_t r(x̂0_t)), a tilt of the whole path
+  rather than of x0 alone.
+
+Not provided: FK steering's "max" (G_t = exp(λ max_{s≥t} r_s)) and "sum" (G_t = exp(λ Σ_{s≥t} r_s))
+potentials. Each needs a running statistic of the particle's own reward history, which must travel
+with the particle through resampling; a stateless V(x, σ, x̂0) cannot compute it (``"current"`` is
+*not* the "sum" potential: it adds r_t, not the running sum, at step t).
+
+    >>> import torch, smcdiff
+    >>> from smcdiff.models import GaussianMixture
+    >>> from smcdiff.weights import RewardPotential
+    >>> gmm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0], [2.0]]), torch.tensor([0.1, 0.1]))
+    >>> V = RewardPotential(lambda x0_hat: x0_hat[:, 0], form="difference", lam=2.0)
+    >>> res = smcdiff.sample(gmm.denoise, smcdiff.karras_sigmas(8), smcdiff.kernels.EDMHeun(S_churn=5), V,
+    ...                      resampler=smcdiff.Resampler("systematic", 0.5), num_particles=64, shape=(1,),
+    ...                      potential_form=V.potential_form, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from smcdiff.types import Tensor
+from smcdiff.weights.compose import _check_lam, _check_value, _num, _scaled
+
+__all__ = ["RewardPotential"]
+
+_FORMS = {"difference": "difference", "current": "incremental"}
+
+
+class RewardPotential:
+    """V = λ·reward(x0_hat, **cond) with an accumulation ``form`` (see the module doc).
+
+    ``RewardPotential(reward, form="difference", lam=1.0, *, name="reward")``; ``form`` one of
+    ``"difference"``, ``"current"``; ``lam`` a finite float (0 gives exactly 0 without calling
+    ``reward``). Call: ``(x, sigma : (N,), x0_hat : (N, *event), **cond) -> (N,)`` float64.
+    """
+
+    def __init__(self, reward: Callable, form: str = "difference", lam: float = 1.0, *, name: str = "reward"):
+        if not callable(reward):
+            raise TypeError(f"reward must be callable as reward(x0_hat, **cond) -> (N,), got {reward!r}")
+        if form not in _FORMS:
+            raise ValueError(f"form must be one of {tuple(_FORMS)} (FK 'max'/'sum' need per-particle state), got {form!r}")
+        self.reward, self.form, self.lam, self.name = reward, form, _check_lam(lam), name
+
+    @property
+    def potential_form(self) -> str:
+        """The ``potential_form`` of :func:`smcdiff.sample` this form needs."""
+        return _FORMS[self.form]
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
+        N = _num(x0_hat)
+        if self.lam == 0:
+            return torch.zeros(N, dtype=torch.float64, device=x0_hat.device)
+        return _scaled(self.lam, _check_value(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}"))
+
+    def __repr__(self) -> str:
+        return f"RewardPotential({self.reward!r}, form={self.form!r}, lam={self.lam}, name={self.name!r})"

@@ -103,7 +103,7 @@ class _Run:
     G: int
     K: int
     T: int
-    x: dict[str, np.ndarray]  # name -> (G, K, ...)
+    x: dict[str, np.ndarray]  # name -> (G, K, ...); empty unless read with_x
     log_weights: np.ndarray  # (G, K)
     log_evidence: np.ndarray  # (G,)
     ess: np.ndarray  # (T, G)
@@ -135,7 +135,12 @@ def _expect(arr: np.ndarray, shape: tuple[int, ...], name: str, meaning: str) ->
     return arr
 
 
-def _read(result: Any) -> _Run:
+def _name(name: Any) -> str:
+    return str(name).replace("/", "_")  # "/" separates groups in NetCDF
+
+
+def _read(result: Any, with_x: bool = True) -> _Run:
+    """Validate ``result`` and copy its fields (``x`` only when ``with_x``: plots do not need it)."""
     missing = [name for name in _REQUIRED if getattr(result, name, None) is None]
     if missing:
         raise TypeError(
@@ -156,10 +161,15 @@ def _read(result: Any) -> _Run:
     items = raw_x.items() if isinstance(raw_x, Mapping) else [("x", raw_x)]
     x = {}
     for name, value in items:
-        arr = _array(value, f"x[{name!r}]" if isinstance(raw_x, Mapping) else "x")
-        if arr.shape[:2] != (G, K):
-            raise ValueError(f"result.x entry {name!r} must have leading dims (G, K) = ({G}, {K}), got {arr.shape}")
-        x[str(name).replace("/", "_")] = arr
+        shape = tuple(getattr(value, "shape", ()))
+        if shape[:2] != (G, K):
+            raise ValueError(f"result.x entry {name!r} must have leading dims (G, K) = ({G}, {K}), got {shape}")
+        if with_x:
+            x[_name(name)] = _array(value, f"x[{name!r}]" if isinstance(raw_x, Mapping) else "x")
+    ancestors = _expect(_array(result.ancestors, "ancestors"), (T, G, K), "ancestors", "(T, G, K)").astype(np.int64)
+    if ancestors.size and (ancestors.min() < 0 or ancestors.max() >= K):
+        raise ValueError(f"result.ancestors must be particle indices in [0, {K - 1}], "
+                         f"got values in [{ancestors.min()}, {ancestors.max()}]")
 
     sigma = None
     if getattr(result, "sigmas", None) is not None:
@@ -172,7 +182,7 @@ def _read(result: Any) -> _Run:
     named = getattr(result, "named_potentials", None)
     if named:
         potentials = {
-            str(n): _expect(_array(v, f"named_potentials[{n!r}]"), (G, K), f"named_potentials[{n!r}]", "(G, K)")
+            _name(n): _expect(_array(v, f"named_potentials[{n!r}]"), (G, K), f"named_potentials[{n!r}]", "(G, K)")
             for n, v in named.items()
         }
     elif getattr(result, "potential", None) is not None:
@@ -188,7 +198,7 @@ def _read(result: Any) -> _Run:
         log_evidence=_expect(_array(result.log_evidence, "log_evidence"), (G,), "log_evidence", "(G,)"),
         ess=ess,
         resampled=_expect(_array(result.resampled, "resampled"), (T, G), "resampled", "(T, G)").astype(bool),
-        ancestors=_expect(_array(result.ancestors, "ancestors"), (T, G, K), "ancestors", "(T, G, K)").astype(np.int64),
+        ancestors=ancestors,
         increments=_expect(_array(result.log_evidence_increments, "log_evidence_increments"), (T, G),
                            "log_evidence_increments", "(T, G)"),
         sigma=sigma,
@@ -359,7 +369,7 @@ def _panel_ess(ax, run: _Run, colors) -> None:
     handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="0.2", label="resampled after this step")]
     if shown <= 8:
         handles = ax.get_legend_handles_labels()[0] + handles
-    ax.legend(handles=handles, fontsize=7, loc="lower left")
+    ax.legend(handles=handles, fontsize=7, loc="best")
     ax.grid(alpha=0.3)
 
 
@@ -381,15 +391,16 @@ def _panel_weights(ax, run: _Run, colors) -> None:
     bottom = max(positive.min(), top * 1e-12)  # zero weights are not drawn
     ax.set_ylim(min(bottom, 1.0) / 1.5, max(top, 1.0) * 1.5)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    few_decades = top / bottom < 1e3  # then label the minor ticks 2, 3, 5 (× 10^n) too
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if few_decades and f"{v:e}"[0] in "235" else ""))
+    # Label some minor ticks (leading digit, × 10^n) when the range is narrow; never 9, next to 10.
+    digits = "2345678" if top / bottom < 4 else "235" if top / bottom < 1e3 else ""
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in digits else ""))
     ax.set_xlim(0.5, K + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("particle rank (heaviest first)")
     ax.set_ylabel("K · normalised weight")
     ess = K / (w**2).sum(axis=1)  # ESS/K = 1 / (K Σ p²) with p = w / K
     ax.set_title(f"(b) final weights (ESS/K over groups: mean {ess.mean():.2f}, min {ess.min():.2f})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
 
 
@@ -419,9 +430,12 @@ def _panel_genealogy(ax, run: _Run, group: int) -> None:
         axis.set_major_locator(FixedLocator(range(n)) if n <= 10 else MaxNLocator(integer=True))
     ax.set_xlabel("step t (σ decreasing →)")
     ax.set_ylabel("particle index")
-    traced = "all lineages, grey: extinct" if every else f"{roots.size} of {K} lineages traced"
-    ax.set_title(f"(c) genealogy of group {group} ({traced})\n"
-                 f"{roots_0.size} of {K} initial particles (red) have descendants", fontsize=10)
+    if every:
+        head, tail = "all lineages, grey: extinct", f"{roots_0.size} of {K} initial particles (red) have descendants"
+    else:
+        head = f"{roots.size} of {K} lineages traced"
+        tail = f"they descend from {roots_0.size} of {K} initial particles (red)"
+    ax.set_title(f"(c) genealogy of group {group} ({head})\n{tail}", fontsize=10)
 
 
 def plot(result, path: str | PathLike, *, title: str | None = None, group: int = 0) -> None:
@@ -438,7 +452,7 @@ def plot(result, path: str | PathLike, *, title: str | None = None, group: int =
     read as by :func:`to_arviz` (same errors). Draws on a standalone Agg figure: no pyplot state,
     no display.
     """
-    run = _read(result)
+    run = _read(result, with_x=False)
     if not isinstance(group, int) or not 0 <= group < run.G:
         raise ValueError(f"group must be an int in [0, {run.G - 1}], got {group!r}")
     from matplotlib.figure import Figure
@@ -463,21 +477,20 @@ def summary(result) -> str:
     """A short text table of a run: final ESS/K (mean/min/max over groups), resampling events per
     group, NFE per particle, the log-evidence mean ± sd over groups and, when present, the mean
     acceptance rate of rejection control."""
-    run = _read(result)
+    run = _read(result, with_x=False)
     final = run.ess[-1] / run.K
     events = run.resampled.sum(axis=0)
     head = f"smcdiff run: {run.G} groups x {run.K} particles, {run.T} steps"
     if run.nfe is not None:
         head += f", NFE/particle {run.nfe:g}"
     logz = run.log_evidence.astype(float)
-    sd = logz.std(ddof=1) if run.G > 1 else float("nan")
+    spread = f"   (sd over groups {logz.std(ddof=1):.4f})" if run.G > 1 else ""
     lines = [
         head,
         f"{'':22s}{'mean':>10s}{'min':>10s}{'max':>10s}",
         f"{'final ESS / K':22s}{final.mean():10.3f}{final.min():10.3f}{final.max():10.3f}",
         f"{'resampling events':22s}{events.mean():10.2f}{events.min():10d}{events.max():10d}",
-        f"{'log-evidence':22s}{logz.mean():10.4f}{logz.min():10.4f}{logz.max():10.4f}"
-        f"   (sd over groups {sd:.4f})",
+        f"{'log-evidence':22s}{logz.mean():10.4f}{logz.min():10.4f}{logz.max():10.4f}{spread}",
     ]
     if run.accept_rate is not None:
         acc = run.accept_rate.mean(axis=0)

@@ -209,8 +209,10 @@ def log_normalize(log_weights: Tensor) -> Tensor:
     Raises ``ValueError`` for a group whose weights are all zero (-inf), or NaN / +inf.
     """
     _check_shape(log_weights)
-    _check_values(log_weights, log_weights.amax(1))
-    return log_weights - torch.logsumexp(log_weights, 1, keepdim=True)
+    m = log_weights.amax(1, keepdim=True)
+    _check_values(log_weights, m)
+    shifted = log_weights - m  # exact near the max, so the result keeps full precision there
+    return shifted - shifted.exp().sum(1, keepdim=True).log()
 
 
 def ess(log_weights: Tensor) -> Tensor:

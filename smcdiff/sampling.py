@@ -212,7 +212,7 @@ def sample(
         log_evidence_increments=res.log_evidence_increments,
         accept_rate=res.accept_rate,
         x0_hat=res.x["x0_hat"],
-        potential=res.x["v"],
+        potential=res.x["v"] if potential is not None else None,
         named_potentials={k[5:]: v for k, v in res.x.items() if k.startswith("term.")},
         sigmas=sigmas,
         nfe=total / (num_groups * num_particles),

@@ -17,7 +17,6 @@ from smcdiff.resampling import Resampler
 
 # ArviZ 0.23 warns on its first import of the day; its message starts with a newline, which the
 # pyproject filter ("ignore:ArviZ is undergoing...") does not match. Filter exactly that message.
-pytestmark = pytest.mark.filterwarnings(r"ignore:\s*ArviZ is undergoing a major refactor:FutureWarning")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 G, K, T = 3, 16, 6
@@ -43,12 +42,6 @@ def result():
     res = run()
     assert res.resampled.any() and not res.resampled.all()  # the test exercises both cases
     return res
-
-
-def with_fields(res, **extra):
-    """The result's fields plus ``extra`` (stands in for fields SampleResult may not have yet)."""
-    fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
-    return types.SimpleNamespace(**{**fields, **extra})
 
 
 def test_layout_and_values(result):
@@ -97,8 +90,9 @@ def test_layout_and_values(result):
         assert idata[group].attrs["inference_library"] == "smcdiff"
 
 
-def test_export_copies_the_arrays(result):
-    idata = to_arviz(result)
+def test_result_method_and_copies(result):
+    idata = result.to_arviz()  # SMCResult.to_arviz delegates here
+    np.testing.assert_array_equal(idata.sample_stats["log_weight"].values, result.log_weights.numpy())
     idata.posterior["x"].values[:] = 1e9
     assert not (result.x == 1e9).any()
 
@@ -129,28 +123,58 @@ def test_netcdf_round_trip(result, tmp_path):
     assert int(back.attrs["num_particles"]) == K
 
 
-def test_named_potentials_and_accept_rate(result):
-    named = {"prior": result.potential * 0.25, "likelihood": result.potential * 0.75}
-    accept = torch.linspace(0.2, 1.0, T * G, dtype=torch.float64).reshape(T, G)
-    idata = to_arviz(with_fields(result, named_potentials=named, accept_rate=accept))
-    assert set(idata.log_likelihood.data_vars) == {"prior", "likelihood"}
-    for name, value in named.items():
+class TwoTerms:
+    """A potential with named terms (``terms`` → name: (N,)), as sample() records them."""
+
+    def terms(self, x, sigma, x0_hat, **cond):
+        return {"prior": -0.5 * (x0_hat**2).sum(-1), "likelihood": -0.5 * (x0_hat[:, 0] - 1.0) ** 2}
+
+    def __call__(self, x, sigma, x0_hat, **cond):
+        return sum(self.terms(x, sigma, x0_hat).values())
+
+
+def test_named_potentials_and_accept_rate_of_a_real_run(tmp_path):
+    import arviz as az
+
+    res = smcdiff.sample(mixture().denoise, karras_sigmas(T), EDMHeun(S_churn=5), potential=TwoTerms(),
+                         resampler=Resampler("systematic", 0.9), num_groups=G, num_particles=K, shape=(2,),
+                         rejection_control=engine.RejectionControl(quantile=0.0),  # c = min weight: cheap
+                         generator=torch.Generator().manual_seed(2))
+    assert set(res.named_potentials) == {"prior", "likelihood"} and res.accept_rate.shape == (T, G)
+    idata = to_arviz(res)
+    assert set(idata.log_likelihood.data_vars) == {"prior", "likelihood"}  # named terms replace "potential"
+    for name, value in res.named_potentials.items():
         assert idata.log_likelihood[name].dims == ("chain", "draw")
         np.testing.assert_array_equal(idata.log_likelihood[name].values, value.numpy())
     assert idata.smc_diagnostics["accept_rate"].dims == ("step", "chain")
-    np.testing.assert_array_equal(idata.smc_diagnostics["accept_rate"].values, accept.numpy())
-    assert "accept rate" in summary(with_fields(result, accept_rate=accept))
+    np.testing.assert_array_equal(idata.smc_diagnostics["accept_rate"].values, res.accept_rate.numpy())
+    assert "accept rate" in summary(res)
+    idata.to_netcdf(str(tmp_path / "rc.nc"))
+    back = az.from_netcdf(str(tmp_path / "rc.nc"))
+    np.testing.assert_array_equal(back.smc_diagnostics["accept_rate"].values, res.accept_rate.numpy())
+    np.testing.assert_array_equal(back.log_likelihood["prior"].values, res.named_potentials["prior"].numpy())
+    for group in back.groups():
+        back[group].close()
 
+
+def test_optional_fields_absent(result):
     # empty named potentials and accept_rate=None: back to ``potential``, no accept_rate
-    idata = to_arviz(with_fields(result, named_potentials={}, accept_rate=None))
+    idata = to_arviz(dataclasses.replace(result, named_potentials={}, accept_rate=None))
     assert list(idata.log_likelihood.data_vars) == ["potential"]
     assert "accept_rate" not in idata.smc_diagnostics
+    # duck typing: an object without the optional attributes at all
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    for name in ("named_potentials", "accept_rate", "potential", "sigmas", "nfe", "nfe_total"):
+        fields.pop(name)
+    idata = to_arviz(types.SimpleNamespace(**fields))
+    assert set(idata.groups()) == {"posterior", "sample_stats", "smc_diagnostics"}
+    assert set(idata.smc_diagnostics.data_vars) == {"ess", "log_evidence_increment", "resampled", "ancestors"}
 
 
 def test_no_potential_no_resampling_exports_and_plots(tmp_path):
     res = run(potential=False, resampler=False)
     assert not res.resampled.any()
-    idata = to_arviz(with_fields(res, potential=None))
+    idata = to_arviz(dataclasses.replace(res, potential=None))
     assert "log_likelihood" not in idata.groups()
     assert not idata.smc_diagnostics["resampled"].values.any()
     np.testing.assert_array_equal(idata.smc_diagnostics["ancestors"].values,
@@ -192,7 +216,7 @@ def test_dict_state_gives_one_posterior_variable_per_entry():
     assert idata.posterior["cond.label"].dims == ("chain", "draw")
 
 
-@pytest.mark.parametrize("num_groups, num_particles, num_steps", [(3, 16, 6), (2, 1, 6), (1, 4, 1), (20, 3, 3)])
+@pytest.mark.parametrize("num_groups, num_particles, num_steps", [(2, 1, 6), (20, 3, 1)])  # K = 1; T = 1, G > 16
 def test_plot_writes_a_png(tmp_path, num_groups, num_particles, num_steps):
     import matplotlib.image
 
@@ -222,6 +246,10 @@ def test_bad_input(result, tmp_path):
         to_arviz(dataclasses.replace(result, sigmas=result.sigmas[:-1]))
     with pytest.raises(TypeError, match="log_weights must be a torch.Tensor"):
         to_arviz(dataclasses.replace(result, log_weights=result.log_weights.tolist()))
+    with pytest.raises(ValueError, match=r"ancestors must be particle indices in \[0, 15\]"):
+        plot(dataclasses.replace(result, ancestors=result.ancestors + 1), tmp_path / "never.png")
+    with pytest.raises(ValueError, match=r"x entry 'x' must have leading dims \(G, K\)"):
+        to_arviz(dataclasses.replace(result, x=result.x[:, :-1]))
     with pytest.raises(ValueError, match="group must be"):
         plot(result, tmp_path / "never.png", group=G)
     assert not (tmp_path / "never.png").exists()

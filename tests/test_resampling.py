@@ -27,6 +27,15 @@ W = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4], dtype=torch.float64)
 NINF = float("-inf")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are small; one intra-op thread avoids stalls on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -70,6 +79,40 @@ def test_integer_expected_counts_are_deterministic_for_low_variance_schemes(name
     c = counts(SCHEMES[name](lw, gen(1), num=4), 3)
     exact = torch.all(c == torch.tensor([1.0, 2.0, 1.0]))
     assert bool(exact) == (name in ("systematic", "stratified", "residual"))
+
+
+# Closed-form distribution of the offspring count of particle 1, per scheme, on three cases
+# (worked out by hand from the scheme definitions; they tell every pair of schemes apart).
+COUNT1_LAWS = {
+    # weights, num: {scheme: [P(count = 0), P(count = 1), ...]}
+    ((0.2, 0.6, 0.2), 2): {
+        "multinomial": [0.16, 0.48, 0.36], "systematic": [0, 0.8, 0.2],
+        "stratified": [0.16, 0.48, 0.36], "residual": [0, 0.8, 0.2],
+        "rejection": [0.16, 0.48, 0.36],  # num < K: every offspring proposes uniformly
+    },
+    ((0.2, 0.4, 0.4), 2): {
+        "multinomial": [0.36, 0.48, 0.16], "systematic": [0.2, 0.8, 0],
+        "stratified": [0.32, 0.56, 0.12], "residual": [0.36, 0.48, 0.16],
+        "rejection": [0.36, 0.48, 0.16],
+    },
+    ((0.2, 0.6, 0.2), 3): {
+        "multinomial": [0.064, 0.288, 0.432, 0.216], "systematic": [0, 0.2, 0.8, 0],
+        "stratified": [0, 0.36, 0.48, 0.16], "residual": [0, 0.36, 0.48, 0.16],
+        "rejection": [0, 0.36, 0.48, 0.16],  # offspring 1 always keeps index 1
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(COUNT1_LAWS), ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_count_distribution_matches_closed_form(name, case):
+    (w, num), G = case, 20_000
+    law = torch.tensor(COUNT1_LAWS[case][name], dtype=torch.float64)
+    lw = torch.tensor(w, dtype=torch.float64).log().expand(G, -1)
+    c1 = counts(SCHEMES[name](lw, gen(21), num=num), 3)[:, 1].long()
+    freq = torch.bincount(c1, minlength=num + 1).double() / G
+    assert freq.shape == law.shape
+    assert torch.all((freq - law).abs() <= 5 * (law * (1 - law) / G).sqrt()), (freq, law)
 
 
 # ----------------------------------------------------------------------------- variance
@@ -126,13 +169,26 @@ def test_zero_weights_never_selected(name, dtype):
 def test_float32_cumsum_below_one_stays_in_range(name):
     # Regression (BlackJAX): float32 softmax weights whose float32 cumsum ends below 1.
     K = 2**16
-    lw = torch.randn(2, K, generator=gen(5), dtype=torch.float32)
+    lw = torch.randn(2, K, generator=gen(21), dtype=torch.float32) * 0.5
     lw[:, -5:] = NINF  # trailing zero weights
     cum = torch.cumsum(torch.softmax(lw, 1), 1)[:, -1]
     assert torch.all(cum < 1), cum  # the premise of the test
     anc = SCHEMES[name](lw, gen(6))
     assert anc.dtype == torch.int64 and anc.shape == (2, K)
     assert anc.min() >= 0 and anc.max() < K - 5
+
+
+def test_counts_end_at_num_when_u_is_next_to_one():
+    # Regression: ceil(num - u) with u within ulp(num) of 1 rounds to num - 1 without the clip,
+    # which would leave the last offspring without an ancestor.
+    num = 2**20 + 3
+    x = torch.tensor([[0.0, 0.5 * num, 1.0 * num, 1.0 * num]], dtype=torch.float64)  # trailing zero
+    for u in (torch.tensor([[1 - 2.0**-53]], dtype=torch.float64),
+              torch.full((1, num), 1 - 2.0**-53, dtype=torch.float64)):
+        n = R._cumulative_counts(x.clone(), u, num)
+        assert n.tolist() == [[0, num // 2, num, num]]  # i + u < num / 2 for i < num // 2
+        anc = R._ancestors_from_counts(n, num)
+        assert torch.equal(anc[0], torch.arange(num).ge(num // 2).add(1))  # never the zero at 3
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

@@ -225,7 +225,8 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
         (sampling loop only), and ``diagnostics``: ``log_M`` (the pair, reusable),
         ``log_M_marginal``, ``log_M_transition``, ``accept_rate_transition`` ``(N+1,)`` (accepted /
         tested first-pass tests at level k; NaN where none), ``accept_rate_marginal`` ``(N+1,)`` (at
-        k = 0 the initial-state tests), the matching ``*_tested`` counts, ``restarts``,
+        k = 0 the initial-state tests), the counts ``transition_tested``, ``transition_accepted``,
+        ``marginal_tested``, ``marginal_accepted``, ``restarts``,
         ``iterations``, ``nfe_warmup``, ``disc_calls_warmup`` (totals), ``nfe_total_per_output``.
     """
     if log_ratio is None:
@@ -353,7 +354,8 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
         "log_M": (log_M_marg, log_M_trans), "log_M_marginal": log_M_marg, "log_M_transition": log_M_trans,
         "accept_rate_transition": rate(counts["ta"].double(), counts["tt"]),
         "accept_rate_marginal": rate(counts["ma"].double(), counts["mt"]),
-        "transition_tested": counts["tt"], "marginal_tested": counts["mt"],
+        "transition_tested": counts["tt"], "transition_accepted": counts["ta"],
+        "marginal_tested": counts["mt"], "marginal_accepted": counts["ma"],
         "restarts": restarts, "iterations": rounds, "nfe_warmup": nfe_warmup, "disc_calls_warmup": disc_warmup,
         "nfe_total_per_output": (net.count + nfe_warmup) / num_samples,
     }

@@ -82,9 +82,10 @@ def _has_terms(potential) -> bool:
     return callable(getattr(potential, "terms", None))
 
 
-def _raw_terms(potential, who: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
-    """The terms of ``potential`` (or ``{name: value}``), shape-checked, float64, NaN not checked."""
+def _raw_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
+    """The terms of ``potential``, or ``{name: value}`` when it has none; shape-checked, float64."""
     N = _num(x)
+    who = f"potential {name!r}"
     if _has_terms(potential):
         terms = potential.terms(x, sigma, x0_hat, **cond)
         if not isinstance(terms, Mapping):
@@ -95,10 +96,11 @@ def _raw_terms(potential, who: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]
                 raise ValueError(f"{who}.terms must use non-empty string names, got {key!r}")
             out[key] = _check_value(v, N, f"{who}.terms[{key!r}]")
         return out
-    return {potential_name(potential): _check_value(potential(x, sigma, x0_hat, **cond), N, who)}
+    return {name: _check_value(potential(x, sigma, x0_hat, **cond), N, who)}
 
 
-def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> tuple[Tensor, dict[str, Tensor]]:
+def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor,
+                   **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """Evaluate a potential and its named terms: ``-> (value : (N,), {name: (N,)})``, float64.
 
     Uses ``potential.terms`` when it exists (value = sum of the terms; an empty dict means 0), else
@@ -108,12 +110,12 @@ def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor
     """
     if not callable(potential):
         raise TypeError(f"potential must be callable as V(x, sigma, x0_hat, **cond) -> (N,), got {potential!r}")
-    who = f"potential {potential_name(potential, type(potential).__name__)!r}"
-    terms = _raw_terms(potential, who, x, sigma, x0_hat, cond)
+    name = potential_name(potential)
+    terms = _raw_terms(potential, name, x, sigma, x0_hat, cond)
     value = torch.zeros(_num(x), dtype=torch.float64, device=x.device)
     for key, v in terms.items():
         if bool(torch.isnan(v).any()):
-            raise ValueError(f"{who} returned NaN in term {key!r} (use -inf for zero weight)")
+            raise ValueError(f"potential {name!r} returned NaN in term {key!r} (use -inf for zero weight)")
         value = value + v
     return value, terms
 
@@ -146,7 +148,7 @@ class Sum:
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for p, n in zip(self.potentials, self.names):
-            child = _raw_terms(p, f"potential {n!r}", x, sigma, x0_hat, cond)
+            child = _raw_terms(p, n, x, sigma, x0_hat, cond)
             for key, v in child.items():
                 full = key if (key == n and len(child) == 1) else f"{n}.{key}"
                 if full in out:
@@ -190,9 +192,7 @@ class Scale:
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
         if self.lam == 0:
             return {}
-        child = _raw_terms(self.potential, f"potential {self.name!r}", x, sigma, x0_hat, cond)
-        if not _has_terms(self.potential):
-            child = {self.name: next(iter(child.values()))}
+        child = _raw_terms(self.potential, self.name, x, sigma, x0_hat, cond)
         return {k: _scaled(self.lam, v) for k, v in child.items()}
 
     def __repr__(self) -> str:
@@ -239,9 +239,7 @@ class Window:
         inside = self.mask(sigma, N).to(x.device)
         if not bool(inside.any()):
             return {}
-        child = _raw_terms(self.potential, f"potential {self.name!r}", x, sigma, x0_hat, cond)
-        if not _has_terms(self.potential):
-            child = {self.name: next(iter(child.values()))}
+        child = _raw_terms(self.potential, self.name, x, sigma, x0_hat, cond)
         zero = torch.zeros(N, dtype=torch.float64, device=x.device)
         return {k: torch.where(inside, v, zero) for k, v in child.items()}
 

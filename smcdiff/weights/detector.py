@@ -97,7 +97,8 @@ class DetectorLikelihood:
         occ = torch.as_tensor(occ, dtype=torch.float64)
         shapes = [(n,)] if N is None else [(n,), (N, n)]
         if tuple(occ.shape) not in shapes:
-            raise ValueError(f"occurrence must have shape {' or '.join(map(str, shapes))} (one rate per object), got {tuple(occ.shape)}")
+            want = " or ".join(map(str, shapes))
+            raise ValueError(f"occurrence must have shape {want} (one rate per object), got {tuple(occ.shape)}")
         if bool(((occ < 0) | (occ > 1) | torch.isnan(occ)).any()):
             raise ValueError("occurrence rates must lie in [0, 1]")
         return occ
@@ -124,7 +125,8 @@ class DetectorLikelihood:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"detector must return (N, C) = ({N}, C) per-class probabilities, got {got}")
         if out.shape[1] <= max(self.objects):
-            raise ValueError(f"detector returned C = {out.shape[1]} classes but objects include index {max(self.objects)}")
+            raise ValueError(
+                f"detector returned C = {out.shape[1]} classes but objects include index {max(self.objects)}")
         sel = out.to(torch.float64)[:, self._index.to(out.device)]
         if self.log_probs:
             log_p = sel

@@ -84,12 +84,13 @@ class DensityRatio:
                  logit: bool = False, *, name: str = "log_ratio"):
         if (log_ratio is None) == (prob is None):
             raise ValueError("DensityRatio needs exactly one of log_ratio=(x, sigma) -> (N,) and prob=(x, sigma) -> (N,)")
-        fn = log_ratio if log_ratio is not None else prob
+        arg, fn = ("log_ratio", log_ratio) if log_ratio is not None else ("prob", prob)
         if not callable(fn):
-            raise TypeError(f"DensityRatio: {'log_ratio' if log_ratio is not None else 'prob'} must be callable as f(x, sigma, **cond) -> (N,), got {fn!r}")
+            raise TypeError(f"DensityRatio: {arg} must be callable as f(x, sigma, **cond) -> (N,), got {fn!r}")
         if logit and log_ratio is not None:
-            raise ValueError("logit=True describes prob (a discriminator returning raw logits); it cannot be used with log_ratio")
-        self.log_ratio, self.prob, self.clip, self.logit, self.name = log_ratio, prob, _check_clip(clip), bool(logit), name
+            raise ValueError("logit=True describes prob (a discriminator returning raw logits), not log_ratio")
+        self.log_ratio, self.prob, self.logit, self.name = log_ratio, prob, bool(logit), name
+        self.clip = _check_clip(clip)
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor | None = None, **cond) -> Tensor:
         N = _num(x)

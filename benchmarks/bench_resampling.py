@@ -1,0 +1,124 @@
+"""Time the resampling schemes against one ``torch.cumsum`` over the same weights.
+
+For N = 2^10 ... 2^max_log2 particles (one group of K = N, and G = 64 groups of N / 64), each
+scheme's median time is divided by the median time of ``torch.cumsum`` over the same float64
+weights, measured in the same process with the calls interleaved (so that load on the machine
+hits both alike). ``torch.multinomial`` is the reference line. Target: systematic and
+stratified within 3x a cumsum.
+
+    python benchmarks/bench_resampling.py                      # print the table
+    python benchmarks/bench_resampling.py --max-log2 16 --repeats 5 --out docs/bench.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from smcdiff.resampling import SCHEMES  # noqa: E402
+
+SCHEME_NAMES = ["systematic", "stratified", "multinomial", "residual", "rejection"]
+TARGET = 3.0  # systematic and stratified: at most this many cumsums
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python benchmarks/bench_resampling.py --max-log2 18 --out bench.md",
+    )
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per (N, method); the median is kept")
+    p.add_argument("--min-log2", type=int, default=10, help="smallest N = 2^min_log2")
+    p.add_argument("--max-log2", type=int, default=20, help="largest N = 2^max_log2")
+    p.add_argument("--groups", type=str, default="1,64", help="comma-separated G values (K = N / G)")
+    p.add_argument("--sigma", type=float, default=1.0, help="log-weights ~ N(0, sigma^2)")
+    p.add_argument("--schemes", type=str, default=",".join(SCHEME_NAMES), help="schemes to time")
+    p.add_argument("--no-torch-multinomial", action="store_true", help="skip the torch.multinomial line")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or not 1 <= args.min_log2 <= args.max_log2 <= 28:
+        p.error("need --repeats >= 1 and 1 <= --min-log2 <= --max-log2 <= 28")
+    args.groups = [int(g) for g in args.groups.split(",")]
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    unknown = set(args.schemes) - set(SCHEMES)
+    if unknown:
+        p.error(f"unknown schemes {sorted(unknown)}; known: {sorted(SCHEMES)}")
+    return args
+
+
+def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time (s) of each callable; one warm-up call each, then rounds in turn."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(args.seed)
+    cols = list(args.schemes) + ([] if args.no_torch_multinomial else ["torch.multinomial"])
+    header = ["N", "G x K", "cumsum (ms)"] + cols
+    rows = []
+    for log2 in range(args.min_log2, args.max_log2 + 1):
+        n = 2**log2
+        for groups in args.groups:
+            if n % groups or n // groups < 1:
+                continue
+            K = n // groups
+            lw = torch.randn(groups, K, generator=g, dtype=torch.float64) * args.sigma
+            w = lw.exp()
+            fns = {"cumsum": lambda: torch.cumsum(lw, 1)}
+            for name in args.schemes:
+                fns[name] = lambda s=SCHEMES[name]: s(lw, g)
+            if not args.no_torch_multinomial:
+                fns["torch.multinomial"] = lambda: torch.multinomial(w, K, replacement=True, generator=g)
+            med = time_interleaved(fns, args.repeats)
+            base = med["cumsum"]
+            cells = [f"2^{log2}", f"{groups} x {K}", f"{base * 1e3:.3f}"]
+            for name in cols:
+                ratio = med[name] / base
+                flag = " ⚠" if name in ("systematic", "stratified") and ratio > TARGET else ""
+                cells.append(f"{ratio:.1f}{flag}")
+            rows.append(cells)
+            print(" | ".join(cells), file=sys.stderr, flush=True)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    notes = (
+        f"\nTimes: median of {args.repeats} interleaved calls, as multiples of one `torch.cumsum` "
+        f"over the same float64 (G, K) log-weights (~N(0, {args.sigma}^2)); num = K offspring.\n"
+        f"Target: systematic and stratified <= {TARGET:g}x cumsum (⚠ marks a miss).\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}.\n"
+    )
+    table = "\n".join(lines) + "\n" + notes
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

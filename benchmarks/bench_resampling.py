@@ -35,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python benchmarks/bench_resampling.py --max-log2 18 --out bench.md",
     )
-    p.add_argument("--repeats", type=int, default=7, help="timed calls per (N, method); the median is kept")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per (N, method)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="statistic of the repeats (min resists load from other processes)")
     p.add_argument("--min-log2", type=int, default=10, help="smallest N = 2^min_log2")
     p.add_argument("--max-log2", type=int, default=20, help="largest N = 2^max_log2")
     p.add_argument("--groups", type=str, default="1,64", help="comma-separated G values (K = N / G)")
@@ -56,8 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time (s) of each callable; one warm-up call each, then rounds in turn."""
+def time_interleaved(fns: dict, repeats: int, stat=statistics.median) -> dict[str, float]:
+    """``stat`` of the wall times (s) of each callable; one warm-up call each, then the repeats
+    in turn (cumsum, scheme 1, scheme 2, ..., cumsum, ...)."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -66,7 +69,7 @@ def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: stat(ts) for name, ts in times.items()}
 
 
 def main(argv=None) -> str:
@@ -90,7 +93,7 @@ def main(argv=None) -> str:
                 fns[name] = lambda s=SCHEMES[name]: s(lw, g)
             if not args.no_torch_multinomial:
                 fns["torch.multinomial"] = lambda: torch.multinomial(w, K, replacement=True, generator=g)
-            med = time_interleaved(fns, args.repeats)
+            med = time_interleaved(fns, args.repeats, statistics.median if args.stat == "median" else min)
             base = med["cumsum"]
             cells = [f"2^{log2}", f"{groups} x {K}", f"{base * 1e3:.3f}"]
             for name in cols:
@@ -105,7 +108,7 @@ def main(argv=None) -> str:
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
     notes = (
-        f"\nTimes: median of {args.repeats} interleaved calls, as multiples of one `torch.cumsum` "
+        f"\nTimes: {args.stat} of {args.repeats} interleaved calls, as multiples of one `torch.cumsum` "
         f"over the same float64 (G, K) log-weights (~N(0, {args.sigma}^2)); num = K offspring.\n"
         f"Target: systematic and stratified <= {TARGET:g}x cumsum (⚠ marks a miss).\n"
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "

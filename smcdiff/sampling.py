@@ -33,6 +33,7 @@ from smcdiff.engine import RejectionControl, SMCResult, StepInfo
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.resampling import Resampler
 from smcdiff.types import GeneratorSpec, Tensor
+from smcdiff.weights.compose import evaluate_terms
 
 __all__ = ["sample", "SampleResult", "DiffusionModel"]
 
@@ -99,16 +100,11 @@ class DiffusionModel:
         new["x0_hat"] = out.x0_hat.reshape(x.shape)
         if self.potential is not None:
             sigma = self.sigmas[t + 1].to(x.device).expand(N)
+            value, terms = evaluate_terms(self.potential, out.x, sigma, out.x0_hat, **cond)
             if hasattr(self.potential, "terms"):
-                terms = self.potential.terms(out.x, sigma, out.x0_hat, **cond)
-                for name, value in terms.items():
-                    _check_value(value, N, f"potential term {name!r}")
-                    new[f"term.{name}"] = value.to(torch.float64).reshape(G, K)
-                v = sum(terms.values())
-            else:
-                v = self.potential(out.x, sigma, out.x0_hat, **cond)
-            _check_value(v, N, "potential")
-            new["v"] = v.to(torch.float64).reshape(G, K)
+                for name, term in terms.items():
+                    new[f"term.{name}"] = term.reshape(G, K)
+            new["v"] = value.reshape(G, K)
         return new
 
     def log_potential(self, t, prev, new):

@@ -14,6 +14,13 @@ t_0, where rejection means fresh noise. The constants log M^marg_k, log M^trans_
 sampler, floored at 0 unless ``no_zero``. With ℓ ≡ 0 every proposal is accepted (a rejection needs
 U > 1 − 1e−7) and DiffRS is the base EDM Heun sampler, bit for bit.
 
+What to expect. A rejected sample is retried from a nearby point, and M caps the ratio at the γ
+quantile, so the README setting (γ = 0.75, no cap) corrects only part of the model's error. With
+``max_iter = 2N − 1`` every rejection restarts the path, and the path acceptances telescope to
+r_N(x_N)/(M_0·ΠM^trans_k): when the M bound the ratios (γ = 1 approximates this) DiffRS is exact
+rejection sampling of whole paths, and its output follows the base sampler's law tilted by
+r_N = q/p, i.e. the data up to the sampler's discretisation error (the tests check both regimes).
+
 Mapping to the reference ``generate_diffrs.py`` (REFERENCE §3a): phase 1 is :func:`estimate_log_M`
 (``iter_warmup`` × ``batch`` trajectories; pass ``log_M`` to reuse cached constants, as the pickles
 do); phase 2 is :func:`diffrs` with ``backsteps = 1``, ``min_backsteps = 0``,
@@ -43,7 +50,7 @@ by ``num_samples``; ``disc_calls`` likewise for ℓ. The warm-up is reported apa
     >>> import torch, smcdiff
     >>> from smcdiff.models import GaussianMixture
     >>> from smcdiff.methods.diffrs import diffrs
-    >>> f64 = torch.float64
+    >>> f64 = torch.float64                       # the pair_1d mixtures of tests/methods/problems.py
     >>> data = GaussianMixture(torch.tensor([0.7, 0.3], dtype=f64), torch.tensor([[-1.0], [1.5]], dtype=f64),
     ...                        torch.tensor([0.09, 0.16], dtype=f64))
     >>> model = GaussianMixture(torch.tensor([0.4, 0.6], dtype=f64), torch.tensor([[-0.8], [1.3]], dtype=f64),
@@ -52,8 +59,11 @@ by ``num_samples``; ``disc_calls`` likewise for ℓ. The warm-up is reported apa
     ...              log_ratio=lambda x, sigma, **c: data.log_ratio(model, x, sigma),
     ...              num_samples=500, shape=(1,), generator=torch.Generator().manual_seed(0),
     ...              rej_percentile=0.9)
-    >>> res.x.shape, res.nfe > 35                 # data weights 0.7/0.3: ≈ 0.7 in component 0
+    >>> res.x.shape, res.nfe > 35
     (torch.Size([500, 1]), True)
+    >>> w0 = data.responsibilities(res.x)[:, 0].mean()   # model 0.4 -> data 0.7: ≈ 0.6 here
+    >>> bool(0.5 < w0 < 0.75)
+    True
     >>> lm = res.diagnostics["log_M"]             # reuse: diffrs(..., log_M=lm) skips the warm-up
 """
 
@@ -123,7 +133,8 @@ def log_M_from_ratios(ratios: Tensor, rej_percentile: float = 0.75, no_zero: boo
 
 def _check_percentile(rej_percentile) -> None:
     if not isinstance(rej_percentile, (int, float)) or not 0.0 <= rej_percentile <= 1.0:
-        raise ValueError(f"rej_percentile must be a number in [0, 1] (the quantile γ of the warm-up ratios), got {rej_percentile!r}")
+        raise ValueError("rej_percentile must be a number in [0, 1] (the quantile γ of the warm-up ratios), "
+                         f"got {rej_percentile!r}")
 
 
 def _ell(log_ratio, x: Tensor, sigma: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -236,7 +247,8 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
     _single_generator(generator)
     N = len(sigmas) - 1
     if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 2 * N - 1):
-        raise ValueError(f"max_iter must be None or an int >= 2N - 1 = {2 * N - 1} (one full trajectory), got {max_iter!r}")
+        raise ValueError(f"max_iter must be None or an int >= 2N - 1 = {2 * N - 1} (one full trajectory), "
+                         f"got {max_iter!r}")
     batch_size = num_samples if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -302,7 +314,7 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
 
         # 2. Proposal: one EDM Heun step t_k -> t_{k+1} per slot, one batched network call.
         noise = _rng.randn(x.shape, generator, device=sig.device)
-        x_hat, t_hat = churn(x, sig[k], gammas[k], S_noise, noise, round_sigma)
+        x_hat, t_hat = churn(x, sig[k], gammas[k], float(S_noise), noise, round_sigma)
         step = heun_step(net, x_hat, t_hat, sig[k + 1], _rows(cond, ticket))
         x, nfe, k = step.x, nfe + step.nfe, k + 1
 
@@ -322,7 +334,8 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
                 counts["ma"].index_add_(0, kk.cpu(), ok.long().cpu())
             ell_prev[idx[ok]] = ell[ok]
             rej = idx[~ok]
-            x[rej] = renoise(x[rej], sig[k[rej]], sig[k[rej] - 1], _rng.randn((len(rej),) + shape, gen_eps, device=sig.device))
+            eps = _rng.randn((len(rej),) + shape, gen_eps, device=sig.device)
+            x[rej] = renoise(x[rej], sig[k[rej]], sig[k[rej] - 1], eps)
             k[rej] -= 1
             idx, first = rej[k[rej] > 0], False  # slots back at t_0 wait for step 1
 
@@ -359,4 +372,5 @@ def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x
         "restarts": restarts, "iterations": rounds, "nfe_warmup": nfe_warmup, "disc_calls_warmup": disc_warmup,
         "nfe_total_per_output": (net.count + nfe_warmup) / num_samples,
     }
-    return MethodResult(x=out, nfe=net.count / num_samples, disc_calls=disc.count / num_samples, diagnostics=diagnostics)
+    return MethodResult(x=out, nfe=net.count / num_samples, disc_calls=disc.count / num_samples,
+                        diagnostics=diagnostics)

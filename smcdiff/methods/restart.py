@@ -26,7 +26,8 @@ stream. Specs are the reference code's strings::
     >>> from smcdiff.methods.restart import parse_restart, restart_nfe, restart_sampler
     >>> from tests.methods.problems import pair_1d
     >>> data, model, log_ratio = pair_1d()
-    >>> intervals = parse_restart("{[3,1,19.35,40.79], [4,1,1.09,1.92], [4,4,0.59,1.09], [4,1,0.30,0.59], [4,4,0.06,0.30]}")
+    >>> intervals = parse_restart("{[3,1,19.35,40.79], [4,1,1.09,1.92], [4,4,0.59,1.09], "
+    ...                           "[4,1,0.30,0.59], [4,4,0.06,0.30]}")
     >>> restart_nfe(18, intervals)
     99
     >>> res = restart_sampler(model.denoise, karras_sigmas(18), restart=intervals, num_samples=1000,
@@ -101,9 +102,9 @@ def parse_restart(spec: str) -> list[RestartInterval]:
     if not isinstance(spec, str):
         raise ValueError(f"restart spec must be a string like '{{[4,1,1.09,1.92], ...}}', got {type(spec).__name__}")
     body = spec.strip()
-    if body.startswith("{") != body.endswith("}"):
+    if body.count("{") != body.count("}"):
         raise ValueError(f"unbalanced braces in restart spec {spec!r}")
-    if body.startswith("{"):
+    if body.startswith("{") and body.endswith("}"):
         body = body[1:-1]
     rest = _BRACKET.sub("", body)
     if rest.replace(",", "").strip():
@@ -178,7 +179,9 @@ def attach_restarts(sigmas: Tensor, intervals) -> dict[int, RestartInterval]:
         if iv.t_max <= t_j:
             raise ValueError(f"restart interval {idx} {list(iv)}: t_max must exceed the attached σ_{j} = {t_j:.6g}")
         if j in out:
-            raise ValueError(f"restart intervals {list(out[j])} and {list(iv)} both attach to main step {j} (σ = {t_j:.6g})")
+            raise ValueError(
+                f"restart intervals {list(out[j])} and {list(iv)} both attach to main step {j} (σ = {t_j:.6g})"
+            )
         out[j] = iv
     return out
 
@@ -253,7 +256,7 @@ def restart_sampler(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape
             for m in range(iv.num_steps - 1):
                 gamma = restart_gamma_at(float(grid[m]), restart_gamma, S_min, S_max)
                 x = restart_step(D, x, grid, m, gamma, S_noise, generator, cond).x
-    return MethodResult(x=x, nfe=D.count / num_samples, diagnostics={"attached": {j: iv for j, iv in attached.items()}})
+    return MethodResult(x=x, nfe=D.count / num_samples, diagnostics={"attached": dict(attached)})
 
 
 def _check_flat_cond(cond, n: int) -> dict:

@@ -22,7 +22,7 @@ separately (see :func:`evaluate_terms`). Built in:
 from smcdiff.weights.compose import Scale, Sum, Window, evaluate_terms, potential_name
 from smcdiff.weights.detector import DetectorLikelihood
 from smcdiff.weights.gaussian import GaussianLikelihood
-from smcdiff.weights.program import Program, program
+from smcdiff.weights.programs import Program, program
 from smcdiff.weights.ratio import DG_CLIP, PF_CLIP, DensityRatio, log_ratio_from_prob
 from smcdiff.weights.reward import RewardPotential
 

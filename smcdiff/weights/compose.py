@@ -4,8 +4,9 @@ A potential is any callable ``V(x, sigma, x0_hat, **cond) -> (N,)`` log-value, w
 *event)`` the particles, ``sigma : (N,)`` their float64 noise level and ``x0_hat : (N, *event)`` the
 denoiser output. A potential *may* also define ``terms(x, sigma, x0_hat, **cond) -> dict[str,
 (N,)]``: named components whose sum is the value. The sampler then records each term separately in
-its diagnostics. A term that is missing from the dict at some step is zero at that step (for
-example, :class:`Window` does not evaluate its child while the whole batch is outside the window).
+its diagnostics, so the names should be the same at every step. A potential whose names are fixed
+in advance may list them as ``term_names`` (a tuple); :class:`Window` and :class:`Scale` use it to
+return zeros under the right names without evaluating their child (:func:`static_term_names`).
 
 * ``Sum(V1, V2, ...)`` — V = Σ_i V_i. Terms: a child with no ``terms`` gives one term named by the
   child (its ``name`` attribute, else its function ``__name__``, else ``term{i}``); a child with
@@ -15,7 +16,9 @@ example, :class:`Window` does not evaluate its child while the whole batch is ou
   potential that is −∞ somewhere cannot turn into NaN.
 * ``Window(V, sigma_min, sigma_max)`` — V where sigma_min ≤ σ ≤ sigma_max, 0 elsewhere, per sample.
   V is evaluated on the whole batch (some potentials use batch statistics) and skipped entirely
-  when no sample is inside the window.
+  when no sample is inside the window — except that ``terms`` must then still learn the names of a
+  child whose terms have no ``term_names`` (a :func:`~smcdiff.weights.program`), so it evaluates
+  such a child and returns zeros.
 * :func:`evaluate_terms` — what the sampler calls: ``(value (N,), {name: (N,)})`` in float64, with
   the shapes checked and NaN refused.
 
@@ -45,7 +48,7 @@ import torch
 
 from smcdiff.types import Tensor
 
-__all__ = ["Sum", "Scale", "Window", "evaluate_terms", "potential_name"]
+__all__ = ["Sum", "Scale", "Window", "evaluate_terms", "potential_name", "static_term_names"]
 
 
 def potential_name(potential, default: str = "potential") -> str:
@@ -82,6 +85,31 @@ def _has_terms(potential) -> bool:
     return callable(getattr(potential, "terms", None))
 
 
+def static_term_names(potential, name: str) -> tuple[str, ...] | None:
+    """The names ``potential``'s terms will have, known without evaluating it, or None.
+
+    ``(name,)`` for a potential without ``terms`` (it is recorded under ``name``), its
+    ``term_names`` attribute when it has one, else None (names only known by evaluating).
+    """
+    if not _has_terms(potential):
+        return (name,)
+    names = getattr(potential, "term_names", None)
+    return None if names is None else tuple(names)
+
+
+def _prefixed(child: str, key: str, count: int) -> str:
+    """The name in a :class:`Sum` of term ``key`` of the child named ``child`` with ``count`` terms."""
+    return key if (key == child and count == 1) else f"{child}.{key}"
+
+
+def _zero_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
+    """Zeros under the names ``potential``'s terms would have (evaluating it only if they are unknown)."""
+    names = static_term_names(potential, name)
+    if names is None:
+        names = tuple(_raw_terms(potential, name, x, sigma, x0_hat, cond))
+    return {k: torch.zeros(_num(x), dtype=torch.float64, device=x.device) for k in names}
+
+
 def _raw_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
     """The terms of ``potential``, or ``{name: value}`` when it has none; shape-checked, float64."""
     N = _num(x)
@@ -103,7 +131,7 @@ def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor
                    **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """Evaluate a potential and its named terms: ``-> (value : (N,), {name: (N,)})``, float64.
 
-    Uses ``potential.terms`` when it exists (value = sum of the terms; an empty dict means 0), else
+    Uses ``potential.terms`` when it exists (value = sum of the terms), else
     ``potential(...)`` recorded as one term named by :func:`potential_name`. ``x : (N, *event)``,
     ``sigma : (N,)``, ``x0_hat : (N, *event)``. Raises ``ValueError`` naming the potential when
     an output is not a tensor of shape (N,) or contains NaN (−inf is allowed: zero weight).
@@ -150,11 +178,21 @@ class Sum:
         for p, n in zip(self.potentials, self.names):
             child = _raw_terms(p, n, x, sigma, x0_hat, cond)
             for key, v in child.items():
-                full = key if (key == n and len(child) == 1) else f"{n}.{key}"
+                full = _prefixed(n, key, len(child))
                 if full in out:
                     raise ValueError(f"Sum: two terms are both named {full!r}; rename one of the potentials")
                 out[full] = v
         return out
+
+    @property
+    def term_names(self) -> tuple[str, ...] | None:
+        out: list[str] = []
+        for p, n in zip(self.potentials, self.names):
+            child = static_term_names(p, n)
+            if child is None:
+                return None
+            out += [_prefixed(n, k, len(child)) for k in child]
+        return tuple(out)
 
     def __repr__(self) -> str:
         return f"Sum({', '.join(self.names)})"
@@ -174,7 +212,8 @@ class Scale:
     """λ·V(x, sigma, x0_hat, **cond); λ a finite float (0 → exactly 0, V not evaluated).
 
     ``Scale(potential, lam, name=None)``: ``name`` defaults to the child's name, so a scaled
-    potential is recorded under the same name; ``terms`` are the child's terms times λ.
+    potential is recorded under the same name; ``terms`` are the child's terms times λ (with λ = 0:
+    zeros under the child's ``term_names``, or one zero term named ``name`` if it has none).
     """
 
     def __init__(self, potential: Callable, lam: float, name: str | None = None):
@@ -191,9 +230,14 @@ class Scale:
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
         if self.lam == 0:
-            return {}
+            return {k: torch.zeros(_num(x), dtype=torch.float64, device=x.device) for k in self.term_names or ()}
         child = _raw_terms(self.potential, self.name, x, sigma, x0_hat, cond)
         return {k: _scaled(self.lam, v) for k, v in child.items()}
+
+    @property
+    def term_names(self) -> tuple[str, ...] | None:
+        names = static_term_names(self.potential, self.name)
+        return (self.name,) if (names is None and self.lam == 0) else names
 
     def __repr__(self) -> str:
         return f"Scale({self.name!r}, lam={self.lam})"
@@ -204,7 +248,8 @@ class Window:
 
     ``Window(potential, sigma_min=0.0, sigma_max=inf, name=None)``. The child is evaluated on the
     whole batch when any sample is inside the window and not at all otherwise; ``terms`` are the
-    child's terms masked the same way (an empty dict when the child was skipped: all zero).
+    child's terms masked the same way (zeros under the same names when the child is skipped; a
+    child with ``terms`` but no ``term_names`` is then evaluated anyway, to learn its names).
     """
 
     def __init__(self, potential: Callable, sigma_min: float = 0.0, sigma_max: float = math.inf, name: str | None = None):
@@ -238,10 +283,14 @@ class Window:
         N = _num(x)
         inside = self.mask(sigma, N).to(x.device)
         if not bool(inside.any()):
-            return {}
+            return _zero_terms(self.potential, self.name, x, sigma, x0_hat, cond)
         child = _raw_terms(self.potential, self.name, x, sigma, x0_hat, cond)
         zero = torch.zeros(N, dtype=torch.float64, device=x.device)
         return {k: torch.where(inside, v, zero) for k, v in child.items()}
+
+    @property
+    def term_names(self) -> tuple[str, ...] | None:
+        return static_term_names(self.potential, self.name)
 
     def __repr__(self) -> str:
         return f"Window({self.name!r}, sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

@@ -144,7 +144,12 @@ class DetectorLikelihood:
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
         t = self.object_terms(x0_hat, sigma)
-        return {f"object:{c}": t[:, j] for j, c in enumerate(self.objects)}
+        return {name: t[:, j] for j, name in enumerate(self.term_names)}
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """``("object:<c>", ...)``, the names of :meth:`terms`, in the order of ``objects``."""
+        return tuple(f"object:{c}" for c in self.objects)
 
     def __repr__(self) -> str:
         return f"DetectorLikelihood(objects={self.objects}, prior={self.prior}, name={self.name!r})"

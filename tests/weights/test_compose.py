@@ -74,12 +74,14 @@ def test_scale_values_terms_and_zero():
     terms = Scale(TwoTerms(), 3.0).terms(X, SIGMA, X)
     torch.testing.assert_close(terms["b"], 3.0 * SIGMA)
     assert Scale(quad, 2.0).terms(X, SIGMA, X).keys() == {"quad"}
-    # lam = 0: exactly zero, even for a potential that is -inf, and the child is not evaluated.
+    # lam = 0: exactly zero, even for a potential that is -inf, and the child is not evaluated;
+    # a terms-less child without a name is recorded as "scaled".
     child = Counting(lambda x, s, x0: torch.full((5,), -math.inf, dtype=torch.float64))
     zero = Scale(child, 0.0)
     assert torch.equal(zero(X, SIGMA, X), torch.zeros(5, dtype=torch.float64)) and child.calls == 0
     value, terms = evaluate_terms(zero, X, SIGMA, X)
-    assert torch.equal(value, torch.zeros(5, dtype=torch.float64)) and terms == {}
+    assert torch.equal(value, torch.zeros(5, dtype=torch.float64)) and list(terms) == ["scaled"]
+    assert torch.equal(terms["scaled"], torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="finite"):
         Scale(quad, math.inf)
 
@@ -102,11 +104,30 @@ def test_window_skips_child_when_batch_is_outside():
     W = Window(child, sigma_min=100.0)
     assert torch.equal(W(X, SIGMA, X), torch.zeros(5, dtype=torch.float64))
     value, terms = evaluate_terms(W, X, SIGMA, X)
-    assert child.calls == 0 and terms == {} and torch.equal(value, torch.zeros(5, dtype=torch.float64))
+    assert child.calls == 0 and list(terms) == ["windowed"] and torch.equal(value, torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="sigma_min <= sigma_max"):
         Window(lin, sigma_min=2.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="sigma must have shape"):
         W(X, SIGMA[:3], X)
+
+
+def test_term_names_are_stable_when_children_are_skipped():
+    calls = []
+
+    def probs(x0_hat):
+        calls.append(1)
+        return torch.sigmoid(x0_hat)
+
+    det = DetectorLikelihood(probs, [0, 2], torch.tensor([0.5, 0.5]), name="caption")
+    V = Sum(quad, Window(det, sigma_max=1.0), Scale(TwoTerms(), 0.0))
+    # TwoTerms has no term_names, so its zero-scaled version is one zero term under its name.
+    assert V.term_names == ("quad", "caption.object:0", "caption.object:2", "pair")
+    inside = V.terms(X, SIGMA, X)
+    assert tuple(inside) == V.term_names and len(calls) == 1
+    outside = V.terms(X, SIGMA + 5.0, X)  # every sigma > 1: the detector is not run
+    assert tuple(outside) == V.term_names and len(calls) == 1
+    assert torch.equal(outside["caption.object:2"], torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(inside["pair"], torch.zeros(5, dtype=torch.float64))
 
 
 def test_evaluate_terms_plain_functions_and_names():

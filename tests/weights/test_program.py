@@ -6,7 +6,7 @@ from pyro import poutine
 
 import smcdiff
 from smcdiff.models import GaussianMixture
-from smcdiff.weights import Program, Sum, evaluate_terms, program
+from smcdiff.weights import Program, Sum, Window, evaluate_terms, program
 
 X = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 SIGMA = torch.full((6,), 0.5, dtype=torch.float64)
@@ -126,3 +126,11 @@ def test_no_factor_or_wrong_shape_is_refused():
         per_coordinate(X, SIGMA, X)
     with pytest.raises(TypeError, match="pyro.factor"):
         program(3)
+
+
+def test_window_learns_program_term_names_when_skipped():
+    W = Window(two_factors, sigma_max=0.1)
+    assert W.term_names is None and Sum(W, lambda x, s, x0: x0[:, 0]).term_names is None
+    terms = W.terms(X, SIGMA, X)  # all sigma = 0.5 > 0.1: the program runs only to name its terms
+    assert list(terms) == ["right", "small"]
+    assert all(torch.equal(v, torch.zeros(6, dtype=torch.float64)) for v in terms.values())

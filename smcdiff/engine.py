@@ -272,8 +272,9 @@ def run(
     ``resampler=None`` never resamples (importance sampling); ``resample_steps`` (a collection of
     step indices) restricts resampling to after those steps (a fixed schedule; the resampler's
     ESS threshold still applies — use 1.0 to always resample there). ``rejection_control`` applies
-    :class:`RejectionControl` at every step. ``callback(StepInfo)`` is called after every step. Returns an :class:`SMCResult`; raises :class:`SMCFailedError` naming the step
-    when some group's weights all become zero.
+    :class:`RejectionControl` at every step. ``callback(StepInfo)`` is called after every step;
+    ``progress=True`` shows a tqdm bar on stderr. Returns an :class:`SMCResult`; raises
+    :class:`SMCFailedError` naming the step when some group's weights all become zero.
     """
     check_model(model)
     for name, value in (("num_groups", num_groups), ("num_particles", num_particles)):

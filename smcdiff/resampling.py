@@ -4,8 +4,10 @@ Everything here is a pure function of log-weights ``(G, K)`` (G groups = indepen
 K particles each) and a caller-owned ``torch.Generator`` (or one per group, see
 :mod:`smcdiff._rng`). All groups are resampled in one vectorised call; weights may be float32 or
 float64 and may contain ``-inf`` (weight zero, never selected). Internally the weights are
-shifted by their maximum, exponentiated and accumulated in float64, and every index is clipped to
-``[0, K - 1]``, so a cumulative sum that ends a hair below 1 can never overrun.
+shifted by their maximum, exponentiated and accumulated in float64 (the normalising constant is
+the last cumulative sum, so no separate ``logsumexp`` pass), and indices are in ``[0, K - 1]`` by
+construction or clipped after ``searchsorted``: a cumulative sum that ends a hair below 1 can
+never overrun, nor land on a trailing zero weight.
 
 Schemes (one signature ``scheme(log_weights, generator, num=None) -> (G, num)`` int64, registered
 by name in :data:`SCHEMES`):
@@ -19,11 +21,12 @@ by name in :data:`SCHEMES`):
 ``rejection``     Murray, Lee & Jacob (2016): each offspring proposes uniformly until it accepts
                   with probability ``w_j / w_max``; needs no cumulative sum (see its docstring).
 
-All are unbiased: ``E[count_j] = num * w_j``. Their offspring-count variance orders as
-stratified <= multinomial, residual <= multinomial, and systematic usually lowest (it is not
-ordered against multinomial in every case). Multinomial, stratified, systematic and residual
-return ancestors sorted ascending; rejection returns, for offspring ``i``, either ``i mod K``
-itself or a proposal (so well-weighted particles tend to stay in place).
+All are unbiased: ``E[count_j] = num * w_j``. Per-particle count variance: systematic <=
+stratified <= multinomial and residual <= multinomial (systematic keeps every count within one
+of ``num * w_j``, the least possible; for weighted averages over many particles it is usually,
+though not provably always, the best). Multinomial, stratified, systematic and residual return
+ancestors sorted ascending; rejection returns, for offspring ``i``, either ``i mod K`` itself or
+a proposal (so well-weighted particles tend to stay in place).
 
 :class:`Resampler` adds the adaptive rule: resample a group only when its effective sample size
 falls below ``ess_threshold * K``; other groups keep the identity ancestors ``arange(K)``.

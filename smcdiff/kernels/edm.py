@@ -12,10 +12,17 @@ resampling needs that.
   solver with NFE 2N − 1.
 * :class:`EulerMaruyama` — the reverse SDE, with a Gaussian transition density.
 
+    >>> import torch
+    >>> from smcdiff.kernels import EDMHeun, karras_sigmas
+    >>> from smcdiff.models.pairs import mixture_pair_2d
+    >>> data, _, _ = mixture_pair_2d()
+    >>> g = torch.Generator().manual_seed(0)
     >>> sigmas = karras_sigmas(18)
     >>> x = 80.0 * torch.randn(4, 2, dtype=torch.float64, generator=g)
     >>> for i in range(18):
-    ...     x = EDMHeun()(gmm.denoise, x, sigmas, i, g).x
+    ...     x = EDMHeun(S_churn=10)(data.denoise, x, sigmas, i, g).x
+    >>> x.shape
+    torch.Size([4, 2])
 """
 
 from __future__ import annotations

@@ -15,8 +15,16 @@ right). Expressed on D, the ODE direction d = (x − D)/σ changes exactly as in
   applied per sample; DG applies it to the whole batch by the batch minimum of τ, which is the
   same whenever the batch shares one σ (every sampler here except DiffRS's per-slot batches).
 
+    >>> import torch
+    >>> from smcdiff.kernels import EDMHeun, karras_sigmas
+    >>> from smcdiff.models.pairs import mixture_pair_2d
+    >>> data, model, log_ratio = mixture_pair_2d()
     >>> kernel = Guided(EDMHeun(), EpsilonScaling(1.004), DiscriminatorGuidance(log_ratio, w1=1.67))
-    >>> out = kernel(denoiser, x, sigmas, i, generator)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = 80.0 * torch.randn(8, 2, dtype=torch.float64, generator=g)
+    >>> out = kernel(model.denoise, x, karras_sigmas(18), 0, g)
+    >>> out.x.shape, out.nfe.tolist()
+    (torch.Size([8, 2]), [2, 2, 2, 2, 2, 2, 2, 2])
 
 ``log_ratio(x, sigma, **cond) -> (N,)`` is ℓ ≈ log q_σ(x)/p_σ(x) in the EDM scale (the
 VP-scaling α of a neural discriminator is its wrapper's business; by the chain rule ∇ₓℓ already

@@ -9,9 +9,13 @@ step; every 2nd step their guidance is doubled), and ε-scaling s_i = eps_scaler
 evaluations. ``sedm`` is ``dg`` with the SEDM-G++ defaults (eps_scaler 1.004, w1 1.67); with
 ``log_ratio=None`` it is pure ε-scaling (EDM-ES).
 
+    >>> import torch, smcdiff
+    >>> from smcdiff.models.pairs import mixture_pair_2d
+    >>> data, model, ell = mixture_pair_2d()
     >>> res = smcdiff.methods.dg(model.denoise, smcdiff.karras_sigmas(18), log_ratio=ell,
     ...                          num_samples=1000, shape=(2,), generator=torch.Generator().manual_seed(0))
-    >>> res.x.shape, res.nfe, res.disc_calls          # (1000, 2), 35.0, 15.0
+    >>> res.x.shape, res.nfe, res.disc_calls
+    (torch.Size([1000, 2]), 35.0, 15.0)
 
 With ``log_ratio=None`` or w1 = w2 = 0 and eps_scaler = 1, the output equals the EDM sampler's
 (:class:`smcdiff.kernels.EDMHeun`) bit for bit for the same generator.

@@ -50,7 +50,7 @@ by ``num_samples``; ``disc_calls`` likewise for ℓ. The warm-up is reported apa
     >>> import torch, smcdiff
     >>> from smcdiff.models import GaussianMixture
     >>> from smcdiff.methods.diffrs import diffrs
-    >>> f64 = torch.float64                       # the pair_1d mixtures of tests/methods/problems.py
+    >>> f64 = torch.float64                       # the mixtures of smcdiff.models.pairs.mixture_pair_1d
     >>> data = GaussianMixture(torch.tensor([0.7, 0.3], dtype=f64), torch.tensor([[-1.0], [1.5]], dtype=f64),
     ...                        torch.tensor([0.09, 0.16], dtype=f64))
     >>> model = GaussianMixture(torch.tensor([0.4, 0.6], dtype=f64), torch.tensor([[-0.8], [1.3]], dtype=f64),

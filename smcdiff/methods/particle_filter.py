@@ -44,7 +44,7 @@ Cost. ``nfe`` = all network evaluations / outputs = K × per-particle NFE (2N �
     import torch
     from smcdiff.kernels import karras_sigmas
     from smcdiff.methods.particle_filter import particle_filter
-    from tests.methods.problems import pair_1d
+    from smcdiff.models.pairs import mixture_pair_1d as pair_1d
 
     data, model, log_ratio = pair_1d()          # data mixture, imperfect model, exact ℓ
     res = particle_filter(model.denoise, karras_sigmas(18), log_ratio=log_ratio, num_samples=2000,

@@ -24,7 +24,7 @@ stream. Specs are the reference code's strings::
     >>> import torch
     >>> from smcdiff.kernels import karras_sigmas
     >>> from smcdiff.methods.restart import parse_restart, restart_nfe, restart_sampler
-    >>> from tests.methods.problems import pair_1d
+    >>> from smcdiff.models.pairs import mixture_pair_1d as pair_1d
     >>> data, model, log_ratio = pair_1d()
     >>> intervals = parse_restart("{[3,1,19.35,40.79], [4,1,1.09,1.92], [4,4,0.59,1.09], "
     ...                           "[4,1,0.30,0.59], [4,4,0.06,0.30]}")

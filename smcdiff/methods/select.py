@@ -16,7 +16,7 @@ the base sampler itself.
     >>> import torch
     >>> from smcdiff.kernels import karras_sigmas
     >>> from smcdiff.methods.select import best_of_n, discriminator_select
-    >>> from tests.methods.problems import pair_1d
+    >>> from smcdiff.models.pairs import mixture_pair_1d as pair_1d
     >>> data, model, log_ratio = pair_1d()
     >>> res = discriminator_select(model.denoise, karras_sigmas(18), log_ratio=log_ratio, num_samples=500,
     ...                            shape=(1,), generator=torch.Generator().manual_seed(0), num_particles=4)

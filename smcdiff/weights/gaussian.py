@@ -7,8 +7,11 @@ variance of x0 around x̂0, approximated as c_σ = σ²·v/(σ² + v) for data o
 final potential is exactly log p(y | x0). In difference form the weights telescope to that final
 value, so the intermediate approximation only affects efficiency, never the target.
 
+    >>> import torch
     >>> lik = GaussianLikelihood(A=torch.eye(2), y=torch.tensor([1.0, 0.0]), R=0.1 * torch.eye(2))
-    >>> lik(x, sigma, x0_hat)          # (N,)
+    >>> x0_hat = torch.zeros(5, 2, dtype=torch.float64)
+    >>> lik(x0_hat, torch.zeros(5, dtype=torch.float64), x0_hat).shape
+    torch.Size([5])
 """
 
 from __future__ import annotations

@@ -42,6 +42,31 @@ def engine_run(denoiser, sigmas, kernel, n, dim, seed, groups, potential=None, r
                           num_particles=n // groups, shape=(dim,), generator=torch.Generator().manual_seed(seed)).x
 
 
+class TimedKernel:
+    """Wraps a kernel and accumulates the wall time spent inside it (denoiser + step arithmetic)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.seconds = kernel, 0.0
+        self.stochastic = kernel.stochastic
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.kernel(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def outside_kernel(run, kernel, repeats):
+    """Median seconds spent outside the kernel per run: the loop's own cost, measured in-run."""
+    spent = []
+    for _ in range(repeats):
+        timed = TimedKernel(kernel)
+        t0 = time.perf_counter()
+        run(timed)
+        spent.append((time.perf_counter() - t0 - timed.seconds, timed.seconds))
+    return statistics.median(o for o, _ in spent), statistics.median(k for _, k in spent)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--particles", type=int, default=16384)
@@ -51,6 +76,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic over repeats (min resists load from other processes)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +95,8 @@ def main(argv=None):
     a = bare_loop(den, sig, kernel, 256, args.dim, 1)
     b = engine_run(den, sig, kernel, 256, args.dim, 1, 1).reshape(256, args.dim)
     assert torch.equal(a, b), "engine and bare loop disagree"
+    for fn in cases.values():  # warm-up: allocator, thread pool
+        fn()
     times = {k: [] for k in cases}
     for r in range(args.repeats):
         order = list(cases) if r % 2 == 0 else list(reversed(cases))
@@ -75,15 +104,28 @@ def main(argv=None):
             t0 = time.perf_counter()
             cases[k]()
             times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times["bare Heun loop"])
+    stat = statistics.median if args.stat == "median" else min
+    base = stat(times["bare Heun loop"])
     print(f"engine overhead: {args.particles} particles ({args.groups} groups), d={args.dim}, "
           f"{args.components}-component GMM denoiser, {args.steps} Heun steps (NFE {2 * args.steps - 1}), "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}\n")
-    print("| run | median seconds | ratio to bare loop |")
+          f"torch threads {torch.get_num_threads()}, {args.stat} of {args.repeats}\n")
+    print(f"| run | {args.stat} seconds | ratio to bare loop |")
     print("|---|---|---|")
     for k, v in times.items():
-        med = statistics.median(v)
+        med = stat(v)
         print(f"| {k} | {med:.4f} | {med / base:.3f} |")
+    print("\nTime outside the kernel (the loop's own cost, measured inside each run; median):\n")
+    print("| run | seconds outside kernel | seconds in kernel | overhead = outside / in kernel |")
+    print("|---|---|---|---|")
+    in_run = {
+        "bare Heun loop": lambda k: bare_loop(den, sig, k, args.particles, args.dim, 0),
+        "smcdiff.sample (no potential)": lambda k: engine_run(den, sig, k, args.particles, args.dim, 0, args.groups),
+        "smcdiff.sample + zero potential + resampling every step": lambda k: engine_run(
+            den, sig, k, args.particles, args.dim, 0, args.groups, zero, Resampler("systematic", 1.0)),
+    }
+    for name, run in in_run.items():
+        out, ker = outside_kernel(run, kernel, args.repeats)
+        print(f"| {name} | {out:.4f} | {ker:.4f} | {out / ker:.4f} |")
 
 
 if __name__ == "__main__":

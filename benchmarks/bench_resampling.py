@@ -13,6 +13,7 @@ stratified within 3x a cumsum.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from smcdiff.resampling import SCHEMES  # noqa: E402
+from smcdiff.resampling import SCHEMES
 
 SCHEME_NAMES = ["systematic", "stratified", "multinomial", "residual", "rejection"]
 TARGET = 3.0  # systematic and stratified: at most this many cumsums
@@ -78,38 +79,49 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
     cols = list(args.schemes) + ([] if args.no_torch_multinomial else ["torch.multinomial"])
-    header = ["N", "G x K", "cumsum (ms)"] + cols
-    rows = []
+    stat = statistics.median if args.stat == "median" else min
+    ratio_rows, ms_rows = [], []
     for log2 in range(args.min_log2, args.max_log2 + 1):
         n = 2**log2
         for groups in args.groups:
-            if n % groups or n // groups < 1:
+            if n % groups:
                 continue
             K = n // groups
             lw = torch.randn(groups, K, generator=g, dtype=torch.float64) * args.sigma
             w = lw.exp()
-            fns = {"cumsum": lambda: torch.cumsum(lw, 1)}
+            fns = {"cumsum": functools.partial(torch.cumsum, lw, 1)}
             for name in args.schemes:
-                fns[name] = lambda s=SCHEMES[name]: s(lw, g)
+                fns[name] = functools.partial(SCHEMES[name], lw, g)
             if not args.no_torch_multinomial:
-                fns["torch.multinomial"] = lambda: torch.multinomial(w, K, replacement=True, generator=g)
-            med = time_interleaved(fns, args.repeats, statistics.median if args.stat == "median" else min)
-            base = med["cumsum"]
-            cells = [f"2^{log2}", f"{groups} x {K}", f"{base * 1e3:.3f}"]
-            for name in cols:
-                ratio = med[name] / base
-                flag = " ⚠" if name in ("systematic", "stratified") and ratio > TARGET else ""
-                cells.append(f"{ratio:.1f}{flag}")
-            rows.append(cells)
-            print(" | ".join(cells), file=sys.stderr, flush=True)
+                fns["torch.multinomial"] = functools.partial(
+                    torch.multinomial, w, K, replacement=True, generator=g
+                )
+            t = time_interleaved(fns, args.repeats, stat)
+            base = t["cumsum"]
+            lead = [f"2^{log2}", f"{groups} x {K}"]
+            ratios = [t[c] / base for c in cols]
+            ratio_rows.append(lead + [f"{base * 1e3:.3f}"] + [
+                f"{r:.1f}" + (" ⚠" if c in ("systematic", "stratified") and r > TARGET else "")
+                for c, r in zip(cols, ratios)
+            ])
+            ms_rows.append(lead + [f"{t[c] * 1e3:.3f}" for c in ["cumsum"] + cols])
+            print(" | ".join(ratio_rows[-1]), file=sys.stderr, flush=True)
+
+    def markdown(header, rows):
+        return "\n".join([
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows),
+        ])
+
     lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        f"Ratio to one `torch.cumsum` ({args.stat} of {args.repeats} interleaved calls):\n",
+        markdown(["N", "G x K", "cumsum (ms)"] + cols, ratio_rows),
+        "\nAbsolute times (ms, same runs):\n",
+        markdown(["N", "G x K", "cumsum"] + cols, ms_rows),
     ]
     notes = (
-        f"\nTimes: {args.stat} of {args.repeats} interleaved calls, as multiples of one `torch.cumsum` "
-        f"over the same float64 (G, K) log-weights (~N(0, {args.sigma}^2)); num = K offspring.\n"
+        f"\nlog-weights ~ N(0, {args.sigma}^2), float64, shape (G, K); num = K offspring per group.\n"
         f"Target: systematic and stratified <= {TARGET:g}x cumsum (⚠ marks a miss).\n"
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "

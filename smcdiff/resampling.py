@@ -64,8 +64,8 @@ from smcdiff._rng import check_generator, rand
 from smcdiff.types import GeneratorSpec, Tensor
 
 __all__ = [
-    "log_normalize", "ess", "multinomial", "systematic", "stratified", "residual", "rejection",
-    "SCHEMES", "register", "get_scheme", "Resampler", "ResampleOutcome",
+    "SCHEMES", "ResampleOutcome", "Resampler", "ess", "get_scheme", "log_normalize",
+    "multinomial", "register", "rejection", "residual", "stratified", "systematic",
 ]
 
 Scheme = Callable[..., Tensor]
@@ -93,7 +93,7 @@ def _check_shape(log_weights) -> tuple[int, int]:
 
 def _check_values(log_weights: Tensor, row_max: Tensor) -> None:
     """One host sync: every row max must be finite (a NaN anywhere makes the max NaN)."""
-    if bool((~torch.isfinite(row_max)).any()):
+    if not bool(torch.isfinite(row_max).all()):
         bad = {
             "contain NaN": torch.isnan(log_weights).any(1),
             "contain +inf": (log_weights == float("inf")).any(1),
@@ -240,7 +240,7 @@ def multinomial(log_weights: Tensor, generator: GeneratorSpec, num: int | None =
     Sorted uniforms come from normalised cumulative sums of num + 1 exponentials, then one
     ``searchsorted`` against the float64 cumulative weights.
     """
-    w, G, K, num = _weights(log_weights, generator, num)
+    w, G, _, num = _weights(log_weights, generator, num)
     cdf = _cdf_(w)
     s = _sorted_positions(G, num, generator, w.device)
     return _inverse_cdf(cdf, s[:, :num].div_(s[:, num:].clone()).contiguous())
@@ -252,7 +252,7 @@ def systematic(log_weights: Tensor, generator: GeneratorSpec, num: int | None = 
 
     ``log_weights : (G, K)`` -> ``(G, num)`` int64, sorted. O(K + num), no search.
     """
-    w, G, K, num = _weights(log_weights, generator, num)
+    w, G, _, num = _weights(log_weights, generator, num)
     u = rand((G, 1), generator, dtype=_F64, device=w.device)
     x = _cdf_(w).mul_(num)
     return _ancestors_from_counts(_cumulative_counts(x, u, num), num)
@@ -264,7 +264,7 @@ def stratified(log_weights: Tensor, generator: GeneratorSpec, num: int | None = 
 
     ``log_weights : (G, K)`` -> ``(G, num)`` int64, sorted. O(K + num), no search.
     """
-    w, G, K, num = _weights(log_weights, generator, num)
+    w, G, _, num = _weights(log_weights, generator, num)
     u = rand((G, num), generator, dtype=_F64, device=w.device)
     x = _cdf_(w).mul_(num)
     return _ancestors_from_counts(_cumulative_counts(x, u, num), num)
@@ -278,7 +278,7 @@ def residual(log_weights: Tensor, generator: GeneratorSpec, num: int | None = No
     ``log_weights : (G, K)`` -> ``(G, num)`` int64, sorted. R varies by group; every group uses
     num + 1 exponentials, of which its first R + 1 make its R sorted uniforms.
     """
-    w, G, K, num = _weights(log_weights, generator, num)
+    w, G, _, num = _weights(log_weights, generator, num)
     # Deterministic copies.
     x = w.mul_(num / w.sum(1, keepdim=True))  # expected offspring counts
     copies = torch.floor(x)
@@ -309,7 +309,8 @@ def rejection(
 
     Vectorised in rounds: each round every group draws ``num`` proposals and hands them
     round-robin to its offspring still waiting, so stragglers get many per round and a group's
-    draws never depend on the other groups; an offspring takes its first accepted proposal.
+    ancestors never depend on the other groups (its generator may be advanced further while
+    other groups finish); an offspring takes its first accepted proposal.
     Expect about ``w_max / mean(w)`` rounds, one host sync each: use it for fairly even weights.
     After ``max_rounds`` rounds the offspring still waiting draw from the multinomial directly.
     A waiting offspring's proposals are fresh i.i.d. draws, so (memorylessness) that is exactly
@@ -371,7 +372,7 @@ class Resampler:
     ``scheme`` is a registered name or a callable with the scheme signature.
     """
 
-    __slots__ = ("scheme", "ess_threshold")
+    __slots__ = ("ess_threshold", "scheme")
 
     def __init__(self, scheme: str | Scheme = "systematic", ess_threshold: float = 0.5):
         threshold = float(ess_threshold)

@@ -13,7 +13,13 @@ import torch
 
 import smcdiff.resampling as R
 from smcdiff.resampling import (
-    SCHEMES, Resampler, ResampleOutcome, ess, get_scheme, log_normalize, register,
+    SCHEMES,
+    ResampleOutcome,
+    Resampler,
+    ess,
+    get_scheme,
+    log_normalize,
+    register,
 )
 
 NAMES = ["multinomial", "systematic", "stratified", "residual", "rejection"]

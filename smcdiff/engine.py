@@ -46,7 +46,6 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -87,7 +86,10 @@ class SMCResult:
     ``log_evidence : (G,)`` estimate of log Z per group; per-step records ``ess : (T, G)``,
     ``resampled : (T, G)`` (resampled after step t; the last row is always False),
     ``ancestors : (T, G, K)`` (the indices applied after step t; identity where not resampled) and
-    ``log_evidence_increments : (T, G)`` (they sum to ``log_evidence``).
+    ``log_evidence_increments : (T, G)`` (they sum to ``log_evidence``); ``accept_rate : (T, G)``
+    with rejection control, else None; ``history`` per-step records kept only when asked
+    (``record_history=True``): ``log_weights : (T, G, K)`` after each step's weighting, before
+    resampling (front-ends add their own, e.g. potential values).
     """
 
     x: State
@@ -98,7 +100,7 @@ class SMCResult:
     ancestors: Tensor
     log_evidence_increments: Tensor
     accept_rate: Tensor | None = None
-    extras: Mapping[str, Any] = field(default_factory=dict)
+    history: Mapping[str, Tensor] = field(default_factory=dict)
 
     @property
     def weights(self) -> Tensor:
@@ -261,6 +263,7 @@ def run(
     resample_generator: GeneratorSpec | None = None,
     resample_steps=None,
     rejection_control: RejectionControl | None = None,
+    record_history: bool = False,
     progress: bool = False,
 ) -> SMCResult:
     """Run the Feynman–Kac model ``model`` with ``num_groups`` × ``num_particles`` particles.
@@ -273,6 +276,7 @@ def run(
     step indices) restricts resampling to after those steps (a fixed schedule; the resampler's
     ESS threshold still applies — use 1.0 to always resample there). ``rejection_control`` applies
     :class:`RejectionControl` at every step. ``callback(StepInfo)`` is called after every step;
+    ``record_history=True`` keeps the per-step log-weights (memory T·G·K);
     ``progress=True`` shows a tqdm bar on stderr. Returns an :class:`SMCResult`; raises
     :class:`SMCFailedError` naming the step when some group's weights all become zero.
     """
@@ -299,7 +303,7 @@ def run(
     log_w = torch.zeros(G, K, dtype=torch.float64, device=device)
     identity = torch.arange(K, device=device).expand(G, K)
     never = torch.zeros(G, dtype=torch.bool, device=device)
-    ess_hist, res_hist, anc_hist, logz_hist, rate_hist = [], [], [], [], []
+    ess_hist, res_hist, anc_hist, logz_hist, rate_hist, lw_hist = [], [], [], [], [], []
 
     steps = range(T)
     if progress:
@@ -325,6 +329,8 @@ def run(
         log_norm = log_w - lse[:, None]
         ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=-1))
         logz_hist.append(lse - math.log(K))
+        if record_history:
+            lw_hist.append(log_w)
         do_resample = resampler is not None and t < T - 1 and (resample_steps is None or t in resample_steps)
         if do_resample:
             outcome = resampler(log_w, resample_generator)
@@ -352,6 +358,7 @@ def run(
         ancestors=torch.stack(anc_hist),
         log_evidence_increments=increments,
         accept_rate=torch.stack(rate_hist) if rate_hist else None,
+        history={"log_weights": torch.stack(lw_hist)} if record_history else {},
     )
 
 

@@ -100,7 +100,10 @@ class DiffusionModel:
         new["x0_hat"] = out.x0_hat.reshape(x.shape)
         if self.potential is not None:
             sigma = self.sigmas[t + 1].to(x.device).expand(N)
-            value, terms = evaluate_terms(self.potential, out.x, sigma, out.x0_hat, **cond)
+            extra = {}
+            if getattr(self.potential, "uses_previous", False):  # running statistics (FK "max"/"sum")
+                extra["previous"] = None if t == 0 else state["v"].reshape(N)
+            value, terms = evaluate_terms(self.potential, out.x, sigma, out.x0_hat, **extra, **cond)
             if hasattr(self.potential, "terms"):
                 for name, term in terms.items():
                     new[f"term.{name}"] = term.reshape(G, K)
@@ -148,6 +151,7 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     resample_steps=None,
     rejection_control: RejectionControl | None = None,
+    record_history: bool = False,
     progress: bool = False,
 ) -> SampleResult:
     """Sample ``num_groups`` × ``num_particles`` particles of shape ``shape`` by SMC.
@@ -160,7 +164,9 @@ def sample(
     uses the global RNG); ``x_init : (G, K, *shape)`` optional unit-variance latents (the start is
     σ_0·x_init); ``cond`` tensors (G, K, ...) passed to the denoiser and potential as keywords;
     ``resample_steps``, ``rejection_control``, ``callback`` and ``progress`` go to
-    :func:`smcdiff.engine.run`. Returns a :class:`SampleResult`.
+    :func:`smcdiff.engine.run`. ``record_history=True`` keeps per-step ``(T, G, K)`` records in
+    ``result.history``: ``log_weights``, ``potential`` and ``term.<name>`` for named terms.
+    Returns a :class:`SampleResult`.
     """
     if generator is None:
         raise TypeError("sample() needs generator=torch.Generator().manual_seed(seed) (or one per group)")
@@ -195,8 +201,21 @@ def sample(
         )
     model = DiffusionModel(denoiser, sigmas, kernel, potential, shape=shape, x_init=x_init,
                            potential_form=potential_form, cond=_check_cond(cond, num_groups, num_particles))
-    res = engine.run(model, num_groups, num_particles, resampler, generator, callback, progress=progress,
-                     resample_steps=resample_steps, rejection_control=rejection_control)
+    steps_seen: list[dict] = []
+
+    def observe(info: StepInfo) -> None:
+        if record_history:
+            steps_seen.append({k: v for k, v in info.x.items() if k == "v" or k.startswith("term.")})
+        if callback is not None:
+            callback(info)
+
+    res = engine.run(model, num_groups, num_particles, resampler, generator, observe, progress=progress,
+                     resample_steps=resample_steps, rejection_control=rejection_control,
+                     record_history=record_history)
+    history = dict(res.history)
+    if record_history and potential is not None:
+        for key in steps_seen[0]:
+            history["potential" if key == "v" else key] = torch.stack([s[key] for s in steps_seen])
     total = int(model.network_calls) if model.network_calls is not None else 0
     return SampleResult(
         x=res.x["x"],
@@ -207,6 +226,7 @@ def sample(
         ancestors=res.ancestors,
         log_evidence_increments=res.log_evidence_increments,
         accept_rate=res.accept_rate,
+        history=history,
         x0_hat=res.x["x0_hat"],
         potential=res.x["v"] if potential is not None else None,
         named_potentials={k[5:]: v for k, v in res.x.items() if k.startswith("term.")},

@@ -14,10 +14,16 @@ matching ``potential_form`` of :func:`smcdiff.sample`:
   as the step's potential. A lineage accumulates exp(λ Σ_t r(x̂0_t)), a tilt of the whole path
   rather than of x0 alone.
 
-Not provided: FK steering's "max" (G_t = exp(λ max_{s≥t} r_s)) and "sum" (G_t = exp(λ Σ_{s≥t} r_s))
-potentials. Each needs a running statistic of the particle's own reward history, which must travel
-with the particle through resampling; a stateless V(x, σ, x̂0) cannot compute it (``"current"`` is
-*not* the "sum" potential: it adds r_t, not the running sum, at step t).
+* ``form="max"`` → ``potential_form="incremental"``: log w_t += λ·max_{s≤t} r(x̂0_s), FK
+  steering's "max" potential (s runs over the steps taken so far, i.e. diffusion times ≥ t).
+* ``form="sum"`` → ``potential_form="incremental"``: log w_t += λ·Σ_{s≤t} r(x̂0_s), FK steering's
+  "sum" potential (``"current"`` adds r_t alone; "sum" adds the running sum).
+
+"max" and "sum" need a running statistic of the particle's own reward history, which must follow
+the particle through resampling. Such potentials set ``uses_previous = True``, and
+:func:`smcdiff.sample` passes ``previous=`` the particle's last potential value (None at the
+first step), which it keeps in the particle's state. Use them directly, not inside
+:class:`~smcdiff.weights.Sum`, which does not forward ``previous``.
 
     >>> import torch, smcdiff
     >>> from smcdiff.models import GaussianMixture
@@ -40,34 +46,45 @@ from smcdiff.weights.compose import _check_lam, _check_value, _num, _scaled
 
 __all__ = ["RewardPotential"]
 
-_FORMS = {"difference": "difference", "current": "incremental"}
+_FORMS = {"difference": "difference", "current": "incremental", "max": "incremental", "sum": "incremental"}
 
 
 class RewardPotential:
     """V = λ·reward(x0_hat, **cond) with an accumulation ``form`` (see the module doc).
 
     ``RewardPotential(reward, form="difference", lam=1.0, *, name="reward")``; ``form`` one of
-    ``"difference"``, ``"current"``; ``lam`` a finite float (0 gives exactly 0 without calling
-    ``reward``). Call: ``(x, sigma : (N,), x0_hat : (N, *event), **cond) -> (N,)`` float64.
+    ``"difference"``, ``"current"``, ``"max"``, ``"sum"``; ``lam`` a finite float (0 gives exactly 0
+    without calling ``reward``). Call: ``(x, sigma : (N,), x0_hat : (N, *event), previous=None,
+    **cond) -> (N,)`` float64, ``previous : (N,)`` the particle's last value ("max"/"sum" only).
     """
 
     def __init__(self, reward: Callable, form: str = "difference", lam: float = 1.0, *, name: str = "reward"):
         if not callable(reward):
             raise TypeError(f"reward must be callable as reward(x0_hat, **cond) -> (N,), got {reward!r}")
         if form not in _FORMS:
-            raise ValueError(f"form must be one of {tuple(_FORMS)} (FK 'max'/'sum' need per-particle state), got {form!r}")
+            raise ValueError(f"form must be one of {tuple(_FORMS)}, got {form!r}")
         self.reward, self.form, self.lam, self.name = reward, form, _check_lam(lam), name
+
+    @property
+    def uses_previous(self) -> bool:
+        """Whether the sampler must pass the particle's previous value (forms "max" and "sum")."""
+        return self.form in ("max", "sum")
 
     @property
     def potential_form(self) -> str:
         """The ``potential_form`` of :func:`smcdiff.sample` this form needs."""
         return _FORMS[self.form]
 
-    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, previous: Tensor | None = None, **cond) -> Tensor:
         N = _num(x0_hat)
         if self.lam == 0:
-            return torch.zeros(N, dtype=torch.float64, device=x0_hat.device)
-        return _scaled(self.lam, _check_value(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}"))
+            value = torch.zeros(N, dtype=torch.float64, device=x0_hat.device)
+        else:
+            value = _scaled(self.lam, _check_value(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}"))
+        if previous is None or not self.uses_previous:
+            return value
+        previous = previous.to(value)
+        return torch.maximum(previous, value) if self.form == "max" else previous + value
 
     def __repr__(self) -> str:
         return f"RewardPotential({self.reward!r}, form={self.form!r}, lam={self.lam}, name={self.name!r})"

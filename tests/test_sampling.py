@@ -151,3 +151,29 @@ def test_bad_input():
         smcdiff.sample(gmm.denoise, karras_sigmas(3), EDMHeun(), potential_form="sum", **ok)
     with pytest.raises(ValueError, match="expected x of shape"):
         smcdiff.sample(gmm.denoise, karras_sigmas(3), EDMHeun(), **{**ok, "shape": (3,)})
+
+
+def test_history_is_recorded_only_when_asked():
+    from smcdiff.weights import Sum
+
+    gmm = mixture()
+
+    def a(x, sigma, x0_hat):
+        return -0.5 * (x0_hat**2).sum(-1)
+
+    def b(x, sigma, x0_hat):
+        return x0_hat[:, 0]
+
+    common = dict(num_groups=2, num_particles=5, shape=(2,), resampler=Resampler("systematic", 0.7),
+                  potential=Sum(a, b))
+    plain = smcdiff.sample(gmm.denoise, karras_sigmas(6), EDMHeun(S_churn=3), generator=torch.Generator().manual_seed(0), **common)
+    assert plain.history == {}
+    res = smcdiff.sample(gmm.denoise, karras_sigmas(6), EDMHeun(S_churn=3), generator=torch.Generator().manual_seed(0),
+                         record_history=True, **common)
+    h = res.history
+    assert set(h) == {"log_weights", "potential", "term.a", "term.b"}
+    assert all(v.shape == (6, 2, 5) for v in h.values())
+    torch.testing.assert_close(h["term.a"] + h["term.b"], h["potential"])
+    torch.testing.assert_close(h["log_weights"][-1], res.log_weights)  # no resampling after the last step
+    torch.testing.assert_close(res.named_potentials["a"] + res.named_potentials["b"], res.potential)
+    assert torch.equal(res.x, plain.x)  # recording changes nothing

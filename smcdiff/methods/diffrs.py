@@ -203,7 +203,7 @@ def estimate_log_M(denoiser, sigmas, log_ratio, *, num_warmup: int, shape, gener
 
 
 # --------------------------------------------------------------------------- phase 2: sampling
-def diffrs(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x_init=None,
+def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
            rej_percentile: float = 0.75, max_iter: int | None = None, batch_size: int | None = None,
            num_warmup: int | None = None, log_M=None, no_zero: bool = False, S_churn: float = 0.0,
            S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0, cond=None,

@@ -308,7 +308,7 @@ def pick(x: Tensor, index: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- the method
 
 
-def particle_filter(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x_init=None,
+def particle_filter(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
                     num_particles: int = 4, sampler: str = "edm", resample_at=None, ess_threshold: float | None = None,
                     scheme="multinomial", restart=None, S_churn: float = 0.0, S_min: float = 0.0,
                     S_max: float = math.inf, S_noise: float = 1.0, restart_gamma: float = 0.05,

@@ -84,7 +84,7 @@ def best_of_n(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, gene
                         log_weights=scores, diagnostics={"selected": chosen, "scores": scores, "cond": fcond})
 
 
-def discriminator_select(denoiser, sigmas, *, log_ratio, num_samples: int, shape, generator, x_init=None,
+def discriminator_select(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
                          num_particles: int = 4, **params) -> MethodResult:
     """The paper's "D-Select": :func:`best_of_n` scored by the discriminator's ℓ at ``final_sigma``.
 

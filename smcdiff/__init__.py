@@ -14,7 +14,7 @@ Proposal kernels (:mod:`smcdiff.kernels`), potentials (:mod:`smcdiff.weights`), 
     res.x.shape   # (1, 1000, 2)
 """
 
-from smcdiff import engine, kernels, models, resampling, weights
+from smcdiff import engine, kernels, methods, models, resampling, weights
 from smcdiff.engine import SMCFailedError, SMCResult, StepInfo
 from smcdiff.kernels import EDMEuler, EDMHeun, EulerMaruyama, karras_sigmas
 from smcdiff.resampling import Resampler
@@ -23,6 +23,6 @@ from smcdiff.sampling import SampleResult, sample
 __version__ = "0.1.0"
 
 __all__ = [
-    "engine", "kernels", "models", "resampling", "weights", "sample", "SampleResult", "SMCResult",
+    "engine", "kernels", "methods", "models", "resampling", "weights", "sample", "SampleResult", "SMCResult",
     "StepInfo", "SMCFailedError", "Resampler", "karras_sigmas", "EDMEuler", "EDMHeun", "EulerMaruyama",
 ]

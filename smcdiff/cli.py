@@ -202,8 +202,11 @@ def _run_generate(args) -> int:
             raise SystemExit("error: --classifier and --discriminator go together")
         from smcdiff.models.discriminator import DGDiscriminator
 
+        clip = 1e-6 if args.method == "pf" else 1e-5  # PF clips d to [1e-6, 1-1e-6], DG to [1e-5, 1-1e-5]
         log_ratio = DGDiscriminator.load(args.classifier, args.discriminator, img_resolution=net.img_resolution,
-                                         label_dim=net.label_dim).to(args.device)
+                                         clip=clip).to(args.device)
+        if args.method == "diffrs":
+            log_ratio = log_ratio.logit  # DiffRS tests the raw logit (no sigmoid, no clipping)
     if rank == 0:
         print(f"smcdiff generate: {len(seeds)} seeds, method {args.method}, {world} process(es), device {args.device}")
     paths = generate(net, seeds, args.outdir, method=args.method, batch=args.batch, subdirs=args.subdirs,

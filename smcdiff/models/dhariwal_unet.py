@@ -25,7 +25,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from smcdiff.models.edm_layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from smcdiff.models.edm_layers import (
+    Conv2d,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+)
 from smcdiff.models.song_unet import check_resolution
 
 __all__ = ["DhariwalUNet"]

@@ -30,8 +30,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Linear", "Conv2d", "GroupNorm", "UNetBlock", "PositionalEmbedding", "FourierEmbedding",
-           "weight_init"]
+__all__ = [
+    "Conv2d",
+    "FourierEmbedding",
+    "GroupNorm",
+    "Linear",
+    "PositionalEmbedding",
+    "UNetBlock",
+    "weight_init",
+]
 
 Tensor = torch.Tensor
 _INIT_MODES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")

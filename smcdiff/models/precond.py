@@ -42,7 +42,7 @@ from torch import nn
 from smcdiff.models.dhariwal_unet import DhariwalUNet
 from smcdiff.models.song_unet import SongUNet
 
-__all__ = ["EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "MODEL_TYPES", "PRECOND_TYPES"]
+__all__ = ["MODEL_TYPES", "PRECOND_TYPES", "EDMPrecond", "VEPrecond", "VPPrecond", "iDDPMPrecond"]
 
 Tensor = torch.Tensor
 #: Inner architectures by the ``model_type`` name a checkpoint's ``_init_kwargs`` carries.
@@ -93,7 +93,11 @@ class _Precond(nn.Module):
 
     def forward(self, x: Tensor, sigma, class_labels=None, force_fp32: bool = False,
                 **model_kwargs) -> Tensor:
-        """``D(x; sigma)``: ``x : (B, C, H, W)``, ``sigma : (B,)`` or scalar -> float32 ``(B, C, H, W)``."""
+        """``D(x; sigma)``: ``x : (B, C, H, W)``, ``sigma : (B,)`` or scalar -> float32 ``(B, C, H, W)``.
+
+        ``class_labels : (B or 1, label_dim)`` one-hot rows; None on a conditional net means an
+        all-zero row (not "unconditional"); ignored by an unconditional net (``label_dim == 0``).
+        """
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__}: x must be (B, C, H, W), got {tuple(x.shape)}")
         x = x.to(torch.float32)
@@ -192,7 +196,7 @@ class VEPrecond(_Precond):
         return torch.ones_like(sigma), sigma, torch.ones_like(sigma), (0.5 * sigma).log()
 
 
-class iDDPMPrecond(_Precond):  # noqa: N801 (name fixed by the checkpoints)
+class iDDPMPrecond(_Precond):
     """Improved-DDPM (cosine schedule) preconditioning on a discrete grid of M + 1 levels.
 
     The grid ``u`` (buffer, float32, ``u[M] = 0``; ``sigma_min = u[M-1]``, ``sigma_max = u[0]``,
@@ -221,7 +225,7 @@ class iDDPMPrecond(_Precond):  # noqa: N801 (name fixed by the checkpoints)
         self.register_load_state_dict_post_hook(iDDPMPrecond._sync_range)
 
     @staticmethod
-    def _sync_range(module: "iDDPMPrecond", incompatible_keys) -> None:
+    def _sync_range(module: iDDPMPrecond, incompatible_keys) -> None:
         # A loaded grid wins over the recomputed one (they can differ by an ulp across machines).
         if not module.u.is_meta:
             module.sigma_min = float(module.u[module.M - 1])
@@ -251,3 +255,7 @@ class iDDPMPrecond(_Precond):  # noqa: N801 (name fixed by the checkpoints)
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
         return torch.ones_like(sigma), -sigma, c_in, c_noise
+
+
+#: Wrapper classes by the ``class_name`` a checkpoint records.
+PRECOND_TYPES = {cls.__name__: cls for cls in (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond)}

@@ -29,8 +29,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from smcdiff.models.edm_layers import (Conv2d, FourierEmbedding, GroupNorm, Linear,
-                                       PositionalEmbedding, UNetBlock)
+from smcdiff.models.edm_layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+)
 
 __all__ = ["SongUNet"]
 

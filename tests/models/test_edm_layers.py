@@ -11,8 +11,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from smcdiff.models.edm_layers import (Conv2d, FourierEmbedding, GroupNorm, Linear,
-                                       PositionalEmbedding, UNetBlock)
+from smcdiff.models.edm_layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 

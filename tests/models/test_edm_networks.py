@@ -47,7 +47,7 @@ def fixture_path(name):
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name):
     return torch.load(fixture_path(f"edm_precond_{name}.pt"), weights_only=True)
 
@@ -154,7 +154,7 @@ def test_vp_and_ve_ranges():
 # Published checkpoint layouts (built on the meta device: no memory, no time)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layouts():
     with open(fixture_path("checkpoint_layouts.json")) as f:
         return json.load(f)["checkpoints"]

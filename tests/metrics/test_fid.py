@@ -265,7 +265,7 @@ def test_preprocessing_scales_to_minus_one_one(extractor):
     x[..., 5:] = 255
     y = extractor.preprocess(x)
     assert y.shape == (1, 3, 299, 299)
-    assert y.min() == -1.0 and y.max() == 1.0
+    assert y.min().item() == pytest.approx(-1.0, abs=1e-6) and y.max().item() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(extractor.preprocess(images(1, 299, 3)), images(1, 299, 3) / 127.5 - 1.0)
 
 

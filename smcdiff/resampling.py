@@ -109,6 +109,7 @@ def _check_values(log_weights: Tensor, row_max: Tensor) -> None:
 def _weights(log_weights, generator, num) -> tuple[Tensor, int, int, int]:
     """Validate and return ``exp(log_w - max)`` in float64 (row max exactly 1), G, K, num."""
     G, K = _check_shape(log_weights)
+    log_weights = log_weights.detach()  # ancestor indices are not differentiable
     check_generator(generator, G)
     if num is None:
         num = K

@@ -61,8 +61,10 @@ Example::
     ('chain', 'draw', 'x_dim_0')
     >>> idata.smc_diagnostics["ess"].shape          # (step, chain)
     (16, 4)
-    >>> path = idata.to_netcdf("run.nc")            # read back with arviz.from_netcdf("run.nc")
-    >>> plot(res, "run.png", title="two-mode mixture, tilted towards x = 1")
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = idata.to_netcdf(os.path.join(folder, "run.nc"))   # read back with arviz.from_netcdf
+    >>> plot(res, os.path.join(folder, "run.png"), title="two-mode mixture, tilted towards x = 1")
     >>> print(summary(res))                         # doctest: +ELLIPSIS
     smcdiff run: 4 groups x 64 particles, 16 steps...
 

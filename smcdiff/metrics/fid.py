@@ -34,6 +34,7 @@ The distance itself needs no network:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,16 +82,18 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
     """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (float64 arithmetic).
 
     ``method="sqrtm"`` (default) is the computation of pytorch-fid and EDM: ``tr (Sigma1
-    Sigma2)^{1/2}`` from ``scipy.linalg.sqrtm`` of the product. If the square root is not finite
-    (a singular product), it is recomputed with ``eps * I`` added to both covariances. Rounding
-    gives the square root of a nearly singular product small imaginary parts: they are dropped
-    when the imaginary part of its diagonal is at most ``1e-3`` times the largest real diagonal
-    entry (or ``1e-3`` when that is below 1), otherwise ``ValueError``.
+    Sigma2)^{1/2}`` from ``scipy.linalg.sqrtm`` of the product. Covariances of fewer than ``D + 1``
+    images are singular by construction, so scipy's singular-matrix warning is silenced and the
+    result checked instead: if it is not finite, it is recomputed with ``eps * I`` added to both
+    covariances. Rounding gives the square root of a nearly singular product small imaginary
+    parts: they are dropped when the imaginary part of its diagonal is at most ``1e-3`` times the
+    largest real diagonal entry (or ``1e-3`` when that is below 1), otherwise ``ValueError``.
 
     ``method="eigh"`` uses the symmetric form ``tr (S Sigma2 S)^{1/2}``, ``S = Sigma1^{1/2}`` from
     ``eigh`` (eigenvalues of ``Sigma1`` below its numerical-rank cutoff treated as 0, negative
     rounding eigenvalues of the product clipped to 0): the same value for positive semi-definite
-    inputs, never complex, and 4-10x faster at ``D = 2048``.
+    inputs, never complex, and several times faster at ``D = 2048`` (~3 s against ~15 s on
+    one core).
 
     Rounding can leave a result slightly below 0 for (nearly) identical statistics; it is not
     clipped.
@@ -112,11 +115,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
 
 def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
     """``tr sqrtm(sigma1 @ sigma2)`` with the usual FID safeguards (see ``frechet_distance``)."""
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         # Singular product: regularise both covariances by a tiny diagonal offset.
         offset = eps * np.eye(sigma1.shape[0])
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         diag = np.diagonal(covmean)
         tolerance = 1e-3 * max(1.0, float(np.abs(diag.real).max(initial=0.0)))
@@ -126,6 +129,13 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
                              f"(tolerance {tolerance:.3g}): are the covariances positive semi-definite?")
         covmean = covmean.real
     return float(np.trace(covmean))
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """``scipy.linalg.sqrtm`` without its singular-matrix warning (the result is checked instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(a)
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:

@@ -251,7 +251,7 @@ class InceptionFeatures(nn.Module):
 
     def _load(self, state, source: str) -> None:
         if not isinstance(state, Mapping):
-            raise ValueError(f"{source}: expected a state dict (mapping of tensors), got {type(state).__name__}")
+            raise TypeError(f"{source}: expected a state dict (mapping of tensors), got {type(state).__name__}")
         state = dict(state)
         for name, module in self.named_modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -315,7 +315,8 @@ class InceptionFeatures(nn.Module):
             if x.shape[-2:] != (_INPUT_SIZE, _INPUT_SIZE):
                 x = F.interpolate(x, size=(_INPUT_SIZE, _INPUT_SIZE), mode="bilinear", align_corners=False)
         elif min(x.shape[-2:]) < _MIN_SIZE:
-            raise ValueError(f"resize_input=False needs images of at least {_MIN_SIZE}x{_MIN_SIZE}, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"resize_input=False needs images of at least {_MIN_SIZE}x{_MIN_SIZE}, "
+                             f"got {tuple(x.shape[-2:])}")
         return 2.0 * x - 1.0
 
     def forward(self, images: Tensor) -> Tensor:

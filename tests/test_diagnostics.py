@@ -2,6 +2,7 @@
 
 import dataclasses
 import doctest
+import tempfile
 import types
 
 import numpy as np
@@ -256,8 +257,10 @@ def test_bad_input(result, tmp_path):
 
 
 def test_module_docstring_example_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    # the example writes into a fresh temporary folder; point tempfile at tmp_path to inspect it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     failures, attempted = doctest.testmod(diagnostics, optionflags=doctest.ELLIPSIS)
     assert attempted > 5 and failures == 0
-    assert (tmp_path / "run.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert (tmp_path / "run.nc").stat().st_size > 0
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (folder / "run.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (folder / "run.nc").stat().st_size > 0

@@ -101,14 +101,27 @@ def test_bad_method_and_missing_discriminator(tmp_path):
 
 
 def test_torchrun_two_processes_split_the_seeds(tmp_path):
+    # `torchrun -m smcdiff.cli generate` with 2 CPU processes (gloo) on a tiny EDM network pickle.
+    from smcdiff.models.precond import EDMPrecond
+    from tests.models import persistence_fixtures as pf
+
+    kwargs = dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=16,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    net = pf.randomize_(EDMPrecond(**kwargs), seed=1).eval().requires_grad_(False)
+    pkl = tmp_path / "tiny.pkl"
+    pkl.write_bytes(pf.edm_pickle_from_modules(net, kwargs))
+    out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "scripts" / "torchrun_generate.py"), str(tmp_path), "0-9"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smcdiff.cli",
+           "generate", "--network", str(pkl), "--outdir", str(out), "--seeds", "0-9", "--batch", "2", "--steps", "3",
+           "--device", "cpu", "--manifest"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [(tmp_path / f"manifest-rank{r}.txt").read_text().split() for r in range(2)]
+    ranks = [(out / f"manifest-rank{r}.txt").read_text().split() for r in range(2)]
     assert ranks[0] and ranks[1] and not set(ranks[0]) & set(ranks[1])
     assert sorted(ranks[0] + ranks[1]) == [f"{s:06d}" for s in range(10)]
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"{s:06d}.png" for s in range(10)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{s:06d}.png" for s in range(10)]
     # batches of 2 dealt round-robin: rank 0 has seeds 0,1,4,5,8,9
     assert ranks[0] == ["000000", "000001", "000004", "000005", "000008", "000009"]
+    # only rank 0 prints
+    assert proc.stdout.count("smcdiff generate:") == 1

@@ -5,7 +5,6 @@ A tiny random EDMPrecond + SongUNet is written as an EDM-format network pickle a
 parity fixtures (32×32), plugged into dg / sedm / diffrs / pf.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +14,12 @@ from PIL import Image
 from smcdiff.cli import main
 from smcdiff.generate import generate
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+from tests.paths import FIXTURES  # noqa: E402
 KWARGS = dict(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=16,
               channel_mult=[1, 2], num_blocks=1, attn_resolutions=[16], dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_net():

@@ -33,13 +33,7 @@ W = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4], dtype=torch.float64)
 NINF = float("-inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small; one intra-op thread avoids stalls on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -22,14 +22,7 @@ from tests.methods.problems import pair_1d, pair_2d, zero_ratio
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These runs are thousands of tiny tensor ops; intra-op threads only add synchronisation cost
-    # (≈ 4× slower with 2 threads on a busy 2-core machine). Restored after each test.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed):

@@ -30,12 +30,7 @@ fid_module = importlib.import_module("smcdiff.metrics.fid")
 METHODS = ("sqrtm", "eigh")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_spd(d, seed, shift=0.1):

@@ -3,7 +3,6 @@
 key → shape layouts of the four published checkpoints (built on the meta device)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +15,14 @@ from smcdiff.models.adm import (
     timestep_embedding,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.paths import FIXTURES  # noqa: E402
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "adm_classifier_32.pt").is_file(),
                                     reason=f"parity fixtures not found under {FIXTURES}")
 
 FEATURES_TOL, LOGITS_TOL = 5e-5, 1e-6  # fixtures README §5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _widen(sd):

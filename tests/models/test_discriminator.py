@@ -1,7 +1,6 @@
 """The composed DG discriminator against the reference (fixtures README §3, tolerances §5), and
 end-to-end runs of smcdiff's DG and particle filter with it as ``log_ratio``."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from smcdiff.kernels.guidance import log_ratio_grad
 from smcdiff.models.discriminator import DGDiscriminator, cosine_time, vp_tau_alpha
 from smcdiff.weights.ratio import log_ratio_from_prob
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.paths import FIXTURES  # noqa: E402
 if not (FIXTURES / "dg_discriminator_32_uncond.pt").is_file():
     pytest.skip(f"DG parity fixtures not found under {FIXTURES}", allow_module_level=True)
 
@@ -20,12 +19,7 @@ CASES = ["dg_discriminator_32_uncond.pt", "dg_discriminator_32_cond.pt", "dg_dis
 ELL_TOL, G_ATOL, G_RTOL, FEATURES_TOL, CLIP_RTOL = 1e-5, 5e-6, 1e-5, 5e-5, 1e-4  # fixtures README §5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _load(name):

@@ -5,7 +5,6 @@ parity tests skip when that folder is absent. Tolerances are float32 rounding (o
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,16 +19,10 @@ from smcdiff.models.edm_layers import (
     UNetBlock,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.paths import FIXTURES  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The reference outputs were computed with one intra-op thread; restore the setting after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def load_fixture(name):

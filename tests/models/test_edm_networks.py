@@ -10,7 +10,6 @@ fixtures README §5: ``|D_i - D_i^ref| <= 1e-5 max(1, sigma_i)`` per sample; inn
 import functools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from smcdiff.models.precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecon
 from smcdiff.models.song_unet import SongUNet
 from smcdiff.types import Denoiser
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.paths import FIXTURES  # noqa: E402
 PRECOND_CASES = ["edm_ddpmpp_uncond", "edm_ddpmpp_cond", "edm_ncsnpp_uncond", "edm_adm_cond",
                  "vp_ddpmpp_uncond", "ve_ncsnpp_uncond", "iddpm_adm_uncond"]
 EDM_PICKLES = ["edm-cifar10-32x32-cond-vp.pkl", "edm-cifar10-32x32-cond-ve.pkl",
@@ -31,13 +30,7 @@ EDM_PICKLES = ["edm-cifar10-32x32-cond-vp.pkl", "edm-cifar10-32x32-cond-ve.pkl",
                "edm-imagenet-64x64-cond-adm.pkl"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The reference outputs were computed with one intra-op thread; restore the setting after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def fixture_path(name):

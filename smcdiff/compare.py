@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from smcdiff import _rng
 from smcdiff.kernels import karras_sigmas
+from smcdiff.metrics.samples import sliced_wasserstein
 from smcdiff.models.pairs import mixture_pair_2d
 
-__all__ = ["CompareRow", "compare_problem", "sliced_wasserstein", "run_compare", "format_rows", "plot_rows"]
+__all__ = ["CompareRow", "compare_problem", "run_compare", "format_rows", "plot_rows"]
 
 F64 = torch.float64
 
@@ -44,17 +44,6 @@ class CompareRow:
 def compare_problem():
     """(data mixture, model mixture, exact log ratio ℓ(x, σ)): :func:`smcdiff.models.pairs.mixture_pair_2d`."""
     return mixture_pair_2d()
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator, num_projections: int = 128) -> float:
-    """Sliced 1-Wasserstein distance between equal-size samples ``a, b : (n, d)``."""
-    if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"expected two (n, d) samples of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    dirs = _rng.randn((num_projections, a.shape[1]), generator)
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    pa, _ = torch.sort(a.to(F64) @ dirs.T, dim=0)
-    pb, _ = torch.sort(b.to(F64) @ dirs.T, dim=0)
-    return (pa - pb).abs().mean().item()
 
 
 def _runs(K: int, steps: int):

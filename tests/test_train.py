@@ -1,0 +1,34 @@
+"""`smcdiff train`: denoiser then discriminator on bundled data (tiny step counts)."""
+
+import pytest
+import torch
+
+from smcdiff.cli import main
+from smcdiff.models.small_nets import load
+from smcdiff.train import load_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_train_denoiser_then_discriminator(tmp_path, capsys):
+    den, disc = tmp_path / "den.pt", tmp_path / "disc.pt"
+    assert main(["train", "denoiser", "--data", "moons", "--steps", "10", "--batch", "32", "--out", str(den),
+                 "--no-progress"]) == 0
+    assert main(["train", "discriminator", "--data", "moons", "--denoiser", str(den), "--steps", "10", "--batch", "32",
+                 "--num-fake", "64", "--out", str(disc), "--no-progress"]) == 0
+    assert "saved discriminator" in capsys.readouterr().out
+    d = load(disc)
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    assert d(x, torch.ones(3, dtype=torch.float64)).shape == (3,)
+
+
+def test_discriminator_needs_a_denoiser(tmp_path):
+    with pytest.raises(SystemExit, match="--denoiser"):
+        main(["train", "discriminator", "--data", "moons", "--out", str(tmp_path / "d.pt")])
+
+
+def test_data_sets():
+    assert load_data("moons", 10).shape == (10, 2)
+    assert load_data("digits", 0).shape[1:] == (1, 8, 8)
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_data("cifar", 10)

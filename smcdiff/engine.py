@@ -25,6 +25,7 @@ Example — a bootstrap particle filter for a random walk observed with noise::
     import torch
     from smcdiff import engine
     from smcdiff.resampling import Resampler
+from smcdiff.resampling import ess as ess_of
 
     class RandomWalk:
         num_steps = 10
@@ -51,6 +52,7 @@ import torch
 
 from smcdiff import _rng
 from smcdiff.resampling import Resampler
+from smcdiff.resampling import ess as ess_of
 from smcdiff.types import GeneratorSpec, State, Tensor
 
 __all__ = ["SMCResult", "StepInfo", "SMCFailedError", "RejectionControl", "run", "gather", "check_model"]
@@ -326,17 +328,15 @@ def run(
         lse = torch.logsumexp(log_w, dim=-1)
         if not bool(torch.isfinite(lse).all()):
             raise SMCFailedError(_fail_message(lse, t))
-        log_norm = log_w - lse[:, None]
-        ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=-1))
         logz_hist.append(lse - math.log(K))
         if record_history:
             lw_hist.append(log_w)
         do_resample = resampler is not None and t < T - 1 and (resample_steps is None or t in resample_steps)
-        if do_resample:
+        if do_resample:  # the resampler computes the ESS it decides on; record that one
             outcome = resampler(log_w, resample_generator)
-            resampled, ancestors = outcome.resampled, outcome.ancestors
+            resampled, ancestors, ess = outcome.resampled, outcome.ancestors, outcome.ess
         else:
-            resampled, ancestors = never, identity
+            resampled, ancestors, ess = never, identity, ess_of(log_w)
         ess_hist.append(ess)
         res_hist.append(resampled)
         anc_hist.append(ancestors)

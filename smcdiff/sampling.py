@@ -118,12 +118,6 @@ class DiffusionModel:
         return new["v"]
 
 
-def _check_value(v, N: int, what: str) -> None:
-    if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"{what} must return one log-value per sample, shape ({N},), got {got}")
-
-
 def _check_cond(cond, G, K) -> dict:
     out = {}
     for name, value in (cond or {}).items():

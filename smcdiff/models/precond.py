@@ -42,9 +42,21 @@ from torch import nn
 from smcdiff.models.dhariwal_unet import DhariwalUNet
 from smcdiff.models.song_unet import SongUNet
 
-__all__ = ["MODEL_TYPES", "PRECOND_TYPES", "EDMPrecond", "VEPrecond", "VPPrecond", "iDDPMPrecond"]
+__all__ = ["MODEL_TYPES", "PRECOND_TYPES", "edm_preconditioning", "EDMPrecond", "VEPrecond", "VPPrecond", "iDDPMPrecond"]
 
 Tensor = torch.Tensor
+
+
+def edm_preconditioning(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's (c_skip, c_out, c_in, c_noise) at ``sigma`` (elementwise, in ``sigma``'s dtype)."""
+    s2, sd2 = sigma**2, sigma_data**2
+    c_skip = sd2 / (s2 + sd2)
+    c_out = sigma * sigma_data / torch.sqrt(s2 + sd2)
+    c_in = 1 / torch.sqrt(s2 + sd2)
+    c_noise = torch.log(sigma) / 4
+    return c_skip, c_out, c_in, c_noise
+
+
 #: Inner architectures by the ``model_type`` name a checkpoint's ``_init_kwargs`` carries.
 MODEL_TYPES = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
@@ -130,12 +142,7 @@ class EDMPrecond(_Precond):
         self.sigma_data = sigma_data
 
     def _coefficients(self, sigma):
-        sd = self.sigma_data
-        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
-        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
-        c_noise = sigma.log() / 4
-        return c_skip, c_out, c_in, c_noise
+        return edm_preconditioning(sigma, self.sigma_data)
 
 
 class VPPrecond(_Precond):

@@ -38,6 +38,7 @@ from torch import nn
 
 from smcdiff import _rng
 from smcdiff.kernels.schedules import vp_alpha, vp_time
+from smcdiff.models.precond import edm_preconditioning
 from smcdiff.types import Tensor
 
 __all__ = [
@@ -54,16 +55,6 @@ __all__ = [
 
 #: τ below this is clamped before the discriminator's log-time embedding (DG's t_min).
 TAU_MIN = 1e-5
-
-
-def edm_preconditioning(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EDM's (c_skip, c_out, c_in, c_noise) at ``sigma`` (elementwise, in ``sigma``'s dtype)."""
-    s2, sd2 = sigma**2, sigma_data**2
-    c_skip = sd2 / (s2 + sd2)
-    c_out = sigma * sigma_data / torch.sqrt(s2 + sd2)
-    c_in = 1 / torch.sqrt(s2 + sd2)
-    c_noise = torch.log(sigma) / 4
-    return c_skip, c_out, c_in, c_noise
 
 
 def fourier_embedding(c: Tensor, dim: int, max_freq: float = 16.0) -> Tensor:

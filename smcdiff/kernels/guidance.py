@@ -36,17 +36,13 @@ from __future__ import annotations
 import torch
 
 from smcdiff.kernels.schedules import vp_time
-from smcdiff.kernels.steps import StepOutput
+from smcdiff.kernels.steps import StepOutput, _b
 from smcdiff.types import Tensor
 
 __all__ = ["EpsilonScaling", "DiscriminatorGuidance", "Guided", "log_ratio_grad", "OUTSIDE_WINDOW"]
 
 #: DG reports ℓ = 1e7 where the time window switches guidance off (so boosting never fires there).
 OUTSIDE_WINDOW = 1e7
-
-
-def _b(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def log_ratio_grad(log_ratio, x: Tensor, sigma: Tensor, cond=None) -> tuple[Tensor, Tensor]:

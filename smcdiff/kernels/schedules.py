@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas", "vp_time", "vp_alpha", "VP_BETA_D", "VP_BETA_MIN"]
+__all__ = ["karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas", "vp_time", "vp_time_from_integral", "vp_alpha", "VP_BETA_D", "VP_BETA_MIN"]
 
 VP_BETA_D = 19.9
 VP_BETA_MIN = 0.1
@@ -112,8 +112,13 @@ def vp_time(sigma, beta_min: float = VP_BETA_MIN, beta_max: float = 20.0):
     τ = (−β0 + √(β0² + 2(β1 − β0)·ln(1 + σ²))) / (β1 − β0), β0 = 0.1, β1 = 20. Elementwise on a tensor.
     """
     sigma = torch.as_tensor(sigma)
+    return vp_time_from_integral(torch.log1p(sigma**2), beta_min, beta_max)
+
+
+def vp_time_from_integral(integral, beta_min: float = VP_BETA_MIN, beta_max: float = 20.0):
+    """The VP time t whose integrated β, I(t) = ½t²(β1 − β0) + tβ0, equals ``integral`` (= ln(1 + σ²))."""
     bd = beta_max - beta_min
-    return (-beta_min + torch.sqrt(beta_min**2 + 2 * bd * torch.log1p(sigma**2))) / bd
+    return (-beta_min + torch.sqrt(beta_min**2 + 2 * bd * integral)) / bd
 
 
 def vp_alpha(tau, beta_min: float = VP_BETA_MIN, beta_max: float = 20.0):

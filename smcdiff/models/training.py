@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smcdiff import _rng
-from smcdiff.kernels.schedules import VP_BETA_MIN, vp_alpha
+from smcdiff.kernels.schedules import VP_BETA_MIN, vp_alpha, vp_time_from_integral
 from smcdiff.types import Tensor
 
 __all__ = [
@@ -174,9 +174,7 @@ def importance_vp_time(u: Tensor, t_min: float = 1e-5, beta_min: float = VP_BETA
     a_min, a_max = _A(t_min, beta_min, beta_max), _A(1.0, beta_min, beta_max)
     s = (a_max - a_min) * u + a_min
     i = F.softplus(s, beta=1, threshold=30)  # ln(1 + e^s) = I(t)
-    bd = beta_max - beta_min
-    t = (-beta_min + torch.sqrt(beta_min**2 + 2 * bd * i)) / bd
-    return t.clamp(t_min, 1.0)
+    return vp_time_from_integral(i, beta_min, beta_max).clamp(t_min, 1.0)
 
 
 def sample_vp_time(n: int, generator: torch.Generator, t_min: float = 1e-5) -> Tensor:

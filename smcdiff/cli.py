@@ -43,19 +43,24 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _command(sub, name: str, *, help: str, description: str, epilog: str, width: int = 32):
+    """A subcommand whose description and epilog keep their line breaks."""
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=width))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smcdiff.resampling import SCHEMES
 
     parser = argparse.ArgumentParser(prog="smcdiff", description="Diffusion sampling as sequential Monte Carlo.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    demo = sub.add_parser(
-        "demo",
+    demo = _command(
+        sub, "demo",
         help="SMC corrects a diffusion sampler on an exact 2-D mixture (no downloads, < 1 min on CPU)",
         description="Run SMC on a 2-D Gaussian-mixture problem whose answers are known exactly, "
         "print a table of error against the exact answer, and write a figure.",
         epilog=_DEMO_EPILOG,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
     )
     demo.add_argument("--groups", type=_positive_int, default=8, metavar="G",
                       help="independent SMC runs, each with its own particles (default: %(default)s)")
@@ -76,14 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_run_demo)
 
-    cmp_ = sub.add_parser(
-        "compare",
+    cmp_ = _command(
+        sub, "compare",
         help="every method on an exact 2-D mixture at matched NFE: error, NFE, discriminator calls, time",
         description="Run the base EDM sampler, eps-scaling, DG (EDM-G++), SEDM-G++, DiffRS, the particle filter "
         "and discriminator-select on a 2-D mixture problem with an exact discriminator; print a table of "
         "error against the exact data distribution and write a figure of error against NFE.",
         epilog="examples:\n  smcdiff compare\n  smcdiff compare --samples 5000 --particles 8 --out compare.png\n",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
     )
     cmp_.add_argument("--samples", type=_positive_int, default=2000, metavar="N",
                       help="outputs per method (default: %(default)s)")
@@ -99,48 +103,154 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=_run_compare)
     _add_generate(sub)
     _add_train(sub)
+    _add_table(sub)
     return parser
 
 
 def _add_train(sub) -> None:
     from smcdiff.train import DATASETS
 
-    t = sub.add_parser(
-        "train",
-        help="train a small denoiser (EDM loss) or a DG-style time-dependent discriminator on bundled data",
+    t = _command(
+        sub, "train",
+        help="train a small denoiser (EDM loss), a DG-style discriminator, a digits classifier, or the digits models",
         description="Train on data that ships with the packages (2-D sets, scikit-learn's 8x8 digits). "
         "'denoiser' uses the EDM loss and preconditioning; 'discriminator' follows DG: real data against "
-        "samples of a trained denoiser, VP time importance-sampled, binary cross-entropy.",
+        "samples of a trained denoiser, VP time importance-sampled, binary cross-entropy; 'classifier' trains "
+        "the digits classifier of the FD-digits metric; 'digits-models' runs the whole recipe of the shipped "
+        "weights (denoiser, classifier, discriminator, manifest.json) into --out (about 5 min on 2 CPU cores).",
         epilog="examples:\n  smcdiff train denoiser --data moons --out moons_denoiser.pt\n"
-        "  smcdiff train discriminator --data moons --denoiser moons_denoiser.pt --out moons_disc.pt\n",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+        "  smcdiff train discriminator --data moons --denoiser moons_denoiser.pt --out moons_disc.pt\n"
+        "  smcdiff train digits-models --out my_digits     # remake smcdiff/assets/digits\n"
+        "  smcdiff table --weights my_digits --out my_results\n",
     )
-    t.add_argument("what", choices=("denoiser", "discriminator"), help="what to train")
-    t.add_argument("--data", choices=DATASETS, required=True, help="training data")
-    t.add_argument("--out", required=True, metavar="PT", help="where to save the state dict + config")
+    t.add_argument("what", choices=("denoiser", "discriminator", "classifier", "digits-models"), help="what to train")
+    t.add_argument("--data", choices=DATASETS, help="training data (denoiser, discriminator; classifier: digits only)")
+    t.add_argument("--out", required=True, metavar="PATH",
+                   help="file for the state dict + config (a folder for digits-models)")
     t.add_argument("--denoiser", metavar="PT", help="trained denoiser whose samples are the fakes (discriminator)")
     t.add_argument("--steps", type=_positive_int, default=2000, help="optimiser steps (default: %(default)s)")
     t.add_argument("--batch", type=_positive_int, default=256, help="batch size (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 denoiser, 3e-4 discriminator)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 1e-3 denoiser and classifier, 3e-4 discriminator)")
     t.add_argument("--num-fake", type=_positive_int, default=5000, help="generated samples (discriminator; default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    t.add_argument("--recipe", default=None, metavar="JSON",
+                   help="digits-models: overrides of the recipe, e.g. '{\"denoiser\": {\"steps\": 6000}}'")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
-    from smcdiff.train import train_denoiser_on, train_discriminator_on
+    from smcdiff.train import train_classifier_on, train_denoiser_on, train_discriminator_on
 
+    progress = not args.no_progress
+    if args.what == "digits-models":
+        from smcdiff.models.pretrained import train_digits_models
+
+        import json
+
+        try:
+            recipe = json.loads(args.recipe) if args.recipe else None
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: --recipe is not JSON: {err}") from None
+        if args.seed != 0:
+            recipe = {**(recipe or {}), "seed": args.seed}
+        try:
+            models = train_digits_models(args.out, recipe=recipe, progress=progress)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"saved denoiser.pt, discriminator.pt, classifier.pt and manifest.json to {args.out}; "
+              f"classifier test accuracy {models.manifest['classifier_test_accuracy']:.3f}")
+        return 0
+    if args.data is None:
+        raise SystemExit(f"error: training a {args.what} needs --data")
     if args.what == "denoiser":
         train_denoiser_on(args.data, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr or 1e-3,
-                          seed=args.seed, progress=not args.no_progress)
+                          seed=args.seed, progress=progress)
+    elif args.what == "classifier":
+        if args.data != "digits":
+            raise SystemExit("error: the classifier is trained on --data digits (the other sets have no labels)")
+        train_classifier_on(args.out, steps=args.steps, batch_size=args.batch, lr=args.lr or 1e-3, seed=args.seed,
+                            progress=progress)
     else:
         if not args.denoiser:
             raise SystemExit("error: training a discriminator needs --denoiser (a trained denoiser file)")
         train_discriminator_on(args.data, args.denoiser, args.out, steps=args.steps, batch_size=args.batch,
-                               lr=args.lr or 3e-4, seed=args.seed, num_fake=args.num_fake,
-                               progress=not args.no_progress)
+                               lr=args.lr or 3e-4, seed=args.seed, num_fake=args.num_fake, progress=progress)
     print(f"saved {args.what} to {args.out}")
+    return 0
+
+
+_TABLE_EPILOG = """\
+what it does:
+  Loads the shipped digits denoiser, discriminator and classifier (or --weights DIR from
+  'smcdiff train digits-models'), runs the base EDM Heun sampler at several step counts and
+  eps-scaling, DG (EDM-G++), SEDM-G++, DiffRS, the particle filter (K = 2, 4, 8) and
+  discriminator-select at one step count, over several seeds; scores every run by FD-digits,
+  precision, recall (classifier features, against the held-out test split) and class balance;
+  writes OUT/results.md (kept text outside its generated block), results.png and results.json.
+
+examples:
+  smcdiff table --quick --out /tmp/table        # about a minute on 2 CPU cores
+  smcdiff table                                 # the full table of docs/results.md (about 15 min)
+  smcdiff table --seeds 0,1,2,3,4 --samples 2000 --out my_results
+"""
+
+
+def _add_table(sub) -> None:
+    t = _command(
+        sub, "table",
+        help="the digits table: every method on a trained model and discriminator at matched NFE, over seeds",
+        description="Compare every method on the shipped 8x8-digits model and discriminator: FD-digits, "
+        "precision, recall, NFE per output, discriminator calls and wall time, mean +- std over seeds.",
+        epilog=_TABLE_EPILOG,
+    )
+    t.add_argument("--quick", action="store_true", help="200 samples, 2 seeds, 6 steps, short base curve")
+    t.add_argument("--samples", type=_positive_int, default=None, metavar="N", help="outputs per run (default 1000)")
+    t.add_argument("--seeds", default=None, metavar="LIST", help="comma-separated seeds (default 0,1,2)")
+    t.add_argument("--steps", type=_positive_int, default=None, metavar="S",
+                   help="sampler steps of every non-base method (default 9)")
+    t.add_argument("--weights", default=None, metavar="DIR", help="folder of digits models (default: the shipped ones)")
+    t.add_argument("--out", default="docs", metavar="DIR", help="folder for results.md/png/json (default: %(default)s)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=_run_table)
+
+
+def _run_table(args) -> int:
+    import dataclasses
+    import time
+
+    import torch
+
+    from smcdiff.models.pretrained import load_digits_models
+    from smcdiff.table import TableConfig, format_markdown, run_table, summarize, write_results
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TableConfig.quick() if args.quick else TableConfig()
+    changes = {}
+    if args.samples is not None:
+        changes["num_samples"] = args.samples
+    if args.seeds is not None:
+        try:
+            changes["seeds"] = tuple(int(v) for v in args.seeds.split(","))
+        except ValueError:
+            raise SystemExit(f"error: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    try:
+        cfg = dataclasses.replace(cfg, **changes)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    models = load_digits_models(args.weights)
+    start = time.perf_counter()
+    runs = run_table(cfg, models=models, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    command = "smcdiff table" + "".join(f" {a}" for a in (args.argv or []))
+    path = write_results(cfg, runs, args.out, manifest=models.manifest, command=command, seconds=seconds)
+    print(format_markdown(summarize(runs)))
+    print(f"\n{len(runs)} runs in {seconds / 60:.1f} min; wrote {path} and its .png/.json")
     return 0
 
 
@@ -160,13 +270,13 @@ examples:
 def _add_generate(sub) -> None:
     from smcdiff.generate import METHODS
 
-    g = sub.add_parser(
-        "generate",
+    g = _command(
+        sub, "generate",
         help="sample images from an EDM network pickle with any method (EDM conventions, torchrun)",
         description="Sample one PNG per seed from a local EDM network pickle, with the EDM sampler or a "
         "discriminator-corrected method. Reads local files only.",
         epilog=_GEN_EPILOG,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34),
+        width=34,
     )
     g.add_argument("--network", required=True, metavar="PKL", help="local EDM network pickle (edm-*.pkl)")
     g.add_argument("--trust-code", action="store_true",
@@ -301,7 +411,9 @@ def _run_compare(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]
     return args.func(args)
 
 

@@ -108,20 +108,15 @@ def plot_rows(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from smcdiff.diagnostics.nfe_figure import MARKERS, finish_nfe_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), layout="constrained")
     floor = rows[0]
-    markers = "osD^vPX*hp<>"
-    for ax, attr, label in ((axes[0], "weight_error", "component-weight error"), (axes[1], "sliced_w1", "sliced W1 to exact data")):
+    panels = (("weight_error", "component-weight error"), ("sliced_w1", "sliced W1 to exact data"))
+    for ax, (attr, _) in zip(axes, panels):
         for j, r in enumerate(rows[1:]):
-            ax.scatter(r.nfe, getattr(r, attr), s=55, marker=markers[j % len(markers)], color=f"C{j % 10}",
+            ax.scatter(r.nfe, getattr(r, attr), s=55, marker=MARKERS[j % len(MARKERS)], color=f"C{j % 10}",
                        alpha=0.8, label=r.method, zorder=3)
         ax.axhline(getattr(floor, attr), color="0.5", ls="--", lw=1, label="exact sample (noise floor)")
-        ax.set_xscale("log")
-        ax.set_xlabel("network evaluations per output (NFE)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle("model → data correction on an exact 2-D mixture (perfect discriminator)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_nfe_figure(fig, axes, [label for _, label in panels],
+                      "model → data correction on an exact 2-D mixture (perfect discriminator)", path, dpi=110)

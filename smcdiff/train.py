@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DATASETS", "load_data", "train_denoiser_on", "train_discriminator_on"]
+__all__ = ["DATASETS", "load_data", "train_classifier_on", "train_denoiser_on", "train_discriminator_on"]
 
 DATASETS = ("moons", "checkerboard", "mixture", "digits")
 
@@ -87,3 +87,19 @@ def train_discriminator_on(name: str, denoiser_path, out, *, steps: int = 2000, 
                                   progress=progress)
     save(disc, out)
     return disc
+
+
+def train_classifier_on(out, *, steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+                        progress: bool = False):
+    """Train the FD-digits :class:`~smcdiff.models.small_nets.DigitsClassifier` on the digits training
+    split (cross-entropy); save it to ``out`` and return it."""
+    from smcdiff.data.digits import load_digits
+    from smcdiff.models.small_nets import DigitsClassifier, save
+    from smcdiff.models.training import train_classifier
+
+    x, y = load_digits("train")
+    clf = DigitsClassifier(generator=torch.Generator().manual_seed(seed))
+    clf, _ = train_classifier(clf, x, y, steps=steps, batch_size=batch_size, lr=lr,
+                              generator=torch.Generator().manual_seed(seed + 1), progress=progress)
+    save(clf, out)
+    return clf

@@ -39,3 +39,19 @@ def test_published_settings():
 def test_missing_files_are_named():
     with pytest.raises(SystemExit, match="--network"):
         load().main(["cifar10", "--seeds", "0-1"])
+
+
+def test_digits_table_example_is_the_table_command(capsys):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["digits_table.py", "--help"]
+    try:
+        with pytest.raises(SystemExit) as err:
+            runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "digits_table.py"),
+                           run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert err.value.code == 0
+    assert "--quick" in capsys.readouterr().out

@@ -44,6 +44,8 @@ from smcdiff.types import Tensor
 __all__ = [
     "NETWORKS",
     "ConvDenoiser",
+    "ConvTimeDiscriminator",
+    "DigitsClassifier",
     "MLPDenoiser",
     "TimeDiscriminator",
     "edm_preconditioning",
@@ -178,15 +180,19 @@ class MLPDenoiser(_EDMDenoiser):
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int):
+    """Pre-activation residual block; ``emb`` features (if ``emb_dim``) shift the channels."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int | None):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.affine = nn.Linear(emb, cout)
+        self.affine = nn.Linear(emb_dim, cout) if emb_dim else None
         self.norm2, self.conv2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x))) + self.affine(emb)[:, :, None, None]
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.affine is not None:
+            h = h + self.affine(emb)[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
         return (h + self.skip(x)) / math.sqrt(2)
 
@@ -232,7 +238,36 @@ class ConvDenoiser(_EDMDenoiser):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class TimeDiscriminator(nn.Module):
+class _VPDiscriminator(nn.Module):
+    """The EDM-scale face of a VP-time discriminator: subclasses define ``logit(x_vp, tau)``."""
+
+    event_shape: tuple[int, ...]
+    emb_dim = 32
+
+    def logit(self, x_vp: Tensor, tau: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _inputs(self, x_vp: Tensor, tau) -> tuple[Tensor, Tensor, Tensor]:
+        """Checked float32 ``x_vp``, ``tau : (N,)`` and the Fourier embedding of ln(max(τ, 1e−5))/4."""
+        if tuple(x_vp.shape[1:]) != self.event_shape:
+            raise ValueError(f"{type(self).__name__}: expected x of shape (N, *{self.event_shape}), got {tuple(x_vp.shape)}")
+        x_vp = x_vp.to(torch.float32)
+        tau = _sigma_vector(tau, x_vp).to(torch.float32)
+        return x_vp, tau, fourier_embedding(torch.log(tau.clamp_min(TAU_MIN)) / 4, self.emb_dim)
+
+    def log_ratio(self, x: Tensor, sigma, **cond) -> Tensor:
+        """ℓ(x, σ) = logit d(α(τ(σ))·x, τ(σ)) in the EDM scale: ``x : (N, *event)`` → ``(N,)``."""
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        sigma = _sigma_vector(sigma, x.to(dtype))
+        tau = vp_time(sigma)
+        x_vp = vp_alpha(tau).reshape(-1, *([1] * (x.dim() - 1))) * x
+        return self.logit(x_vp, tau).to(dtype)
+
+    def forward(self, x: Tensor, sigma, **cond) -> Tensor:
+        return self.log_ratio(x, sigma, **cond)
+
+
+class TimeDiscriminator(_VPDiscriminator):
     """DG's time-dependent discriminator d(x_vp, τ) = sigmoid(logit), as an MLP.
 
     ``logit(x_vp, tau)`` works in the VP convention (``x_vp : (N, *event_shape)``, τ ∈ [0, 1], used
@@ -246,8 +281,6 @@ class TimeDiscriminator(nn.Module):
     gradients flow through it only when ``x_vp`` requires them (guidance), not in training.
     The time input is a Fourier embedding of ln(max(τ, 1e−5))/4.
     """
-
-    emb_dim = 32
 
     def __init__(self, event_shape: Sequence[int] | int, hidden: int = 128, depth: int = 2, *,
                  features: Callable[[Tensor, Tensor], Tensor] | None = None, feature_dim: int | None = None,
@@ -280,35 +313,103 @@ class TimeDiscriminator(nn.Module):
 
     def logit(self, x_vp: Tensor, tau: Tensor) -> Tensor:
         """The logit of d(x_vp, τ): ``x_vp : (N, *event_shape)``, ``tau : (N,)`` → ``(N,)`` float32."""
-        if tuple(x_vp.shape[1:]) != self.event_shape:
-            raise ValueError(f"TimeDiscriminator: expected x of shape (N, *{self.event_shape}), got {tuple(x_vp.shape)}")
-        x_vp = x_vp.to(torch.float32)
-        tau = _sigma_vector(tau, x_vp).to(torch.float32)
+        x_vp, tau, emb = self._inputs(x_vp, tau)
         h = x_vp
         if self.features is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and x_vp.requires_grad):
                 h = self.features(x_vp, tau)
         h = h.reshape(h.shape[0], -1).to(torch.float32)
-        e = self.embed(fourier_embedding(torch.log(tau.clamp_min(TAU_MIN)) / 4, self.emb_dim))
+        e = self.embed(emb)
         h = self.inp(h) + e
         for layer in self.layers:
             h = layer(F.silu(h)) + e
         return self.out(F.silu(h)).reshape(-1)
 
-    def log_ratio(self, x: Tensor, sigma, **cond) -> Tensor:
-        """ℓ(x, σ) = logit d(α(τ(σ))·x, τ(σ)) in the EDM scale: ``x : (N, *event)`` → ``(N,)``."""
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        sigma = _sigma_vector(sigma, x.to(dtype))
-        tau = vp_time(sigma)
-        x_vp = vp_alpha(tau).reshape(-1, *([1] * (x.dim() - 1))) * x
-        return self.logit(x_vp, tau).to(dtype)
 
-    def forward(self, x: Tensor, sigma, **cond) -> Tensor:
-        return self.log_ratio(x, sigma, **cond)
+class ConvTimeDiscriminator(_VPDiscriminator):
+    """DG's time-dependent discriminator as a small CNN for images ``(N, C, H, W)`` (the role of
+    DG's noisy-classifier encoder, trained end to end).
+
+    conv(w) → ResBlock(w) → avg-pool → ResBlock(2w) → ResBlock(2w) → global average pool → SiLU →
+    Linear(1); the time embedding shifts the channels of every block. Same interface as
+    :class:`TimeDiscriminator`: ``logit(x_vp, tau)`` (VP convention) and ``log_ratio(x, sigma)`` /
+    ``disc(x, sigma)`` (EDM scale, ℓ = the logit).
+    """
+
+    def __init__(self, channels: int = 1, resolution: int = 8, width: int = 32, *,
+                 generator: torch.Generator | None = None):
+        if channels < 1 or width < 1 or resolution < 2 or resolution % 2:
+            raise ValueError(f"ConvTimeDiscriminator: need channels, width >= 1 and an even resolution >= 2, "
+                             f"got {channels}, {width}, {resolution}")
+        super().__init__()
+        self.event_shape = (int(channels), int(resolution), int(resolution))
+        self.config = {"class": "ConvTimeDiscriminator",
+                       "kwargs": {"channels": int(channels), "resolution": int(resolution), "width": int(width)}}
+        w, e = width, 2 * width
+
+        def make():
+            self.embed = nn.Sequential(nn.Linear(self.emb_dim, e), nn.SiLU(), nn.Linear(e, e))
+            self.conv_in = nn.Conv2d(channels, w, 3, padding=1)
+            self.block1, self.block2, self.block3 = _ResBlock(w, w, e), _ResBlock(w, 2 * w, e), _ResBlock(2 * w, 2 * w, e)
+            self.norm_out, self.out = nn.GroupNorm(_groups(2 * w), 2 * w), nn.Linear(2 * w, 1)
+
+        _build(self, make, generator)
+
+    def logit(self, x_vp: Tensor, tau: Tensor) -> Tensor:
+        """The logit of d(x_vp, τ): ``x_vp : (N, *event_shape)``, ``tau : (N,)`` → ``(N,)`` float32."""
+        x_vp, tau, emb = self._inputs(x_vp, tau)
+        e = F.silu(self.embed(emb))
+        h = self.block1(self.conv_in(x_vp), e)
+        h = self.block3(self.block2(F.avg_pool2d(h, 2), e), e)
+        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))
+        return self.out(h).reshape(-1)
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN classifier for ``(N, channels, resolution, resolution)`` images in ``[-1, 1]``.
+
+    conv(w) → ResBlock(w) → avg-pool → ResBlock(2w) → global average pool → Linear(``feature_dim``)
+    → SiLU → Linear(``num_classes``). :meth:`features` returns the ``(N, feature_dim)`` activations
+    before the last layer (the space of the FD-digits metric, :mod:`smcdiff.metrics.fd_digits`);
+    ``forward`` returns the ``(N, num_classes)`` logits. Runs in float32 whatever the input dtype.
+    """
+
+    def __init__(self, channels: int = 1, resolution: int = 8, width: int = 32, feature_dim: int = 32,
+                 num_classes: int = 10, *, generator: torch.Generator | None = None):
+        if min(channels, width, feature_dim) < 1 or num_classes < 2 or resolution < 2 or resolution % 2:
+            raise ValueError(f"DigitsClassifier: need channels, width, feature_dim >= 1, num_classes >= 2 and an even "
+                             f"resolution >= 2, got {channels}, {width}, {feature_dim}, {num_classes}, {resolution}")
+        super().__init__()
+        self.event_shape = (int(channels), int(resolution), int(resolution))
+        self.config = {"class": "DigitsClassifier",
+                       "kwargs": {"channels": int(channels), "resolution": int(resolution), "width": int(width),
+                                  "feature_dim": int(feature_dim), "num_classes": int(num_classes)}}
+        w = width
+
+        def make():
+            self.conv_in = nn.Conv2d(channels, w, 3, padding=1)
+            self.block1, self.block2 = _ResBlock(w, w, None), _ResBlock(w, 2 * w, None)
+            self.feature = nn.Linear(2 * w, feature_dim)
+            self.head = nn.Linear(feature_dim, num_classes)
+
+        _build(self, make, generator)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``x : (N, *event_shape)`` → ``(N, feature_dim)`` float32 features."""
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"DigitsClassifier: expected x of shape (N, *{self.event_shape}), got {tuple(x.shape)}")
+        h = self.block1(self.conv_in(x.to(torch.float32)))
+        h = self.block2(F.avg_pool2d(h, 2))
+        return F.silu(self.feature(h.mean(dim=(2, 3))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x : (N, *event_shape)`` → logits ``(N, num_classes)`` float32."""
+        return self.head(self.features(x))
 
 
 #: The classes :func:`load` may rebuild, by the name a saved config carries.
-NETWORKS: dict[str, type[nn.Module]] = {c.__name__: c for c in (MLPDenoiser, ConvDenoiser, TimeDiscriminator)}
+NETWORKS: dict[str, type[nn.Module]] = {c.__name__: c for c in (MLPDenoiser, ConvDenoiser, TimeDiscriminator,
+                                                                   ConvTimeDiscriminator, DigitsClassifier)}
 
 
 def save(module: nn.Module, path, config: dict | None = None) -> None:

@@ -3,6 +3,8 @@
 * :func:`edm_loss` / :func:`train_denoiser` — EDM's recipe (Karras et al. 2022): ln σ ~ N(P_mean,
   P_std²), loss λ(σ)·‖D(x0 + σn; σ) − x0‖², λ = (σ² + σd²)/(σ·σd)², Adam on random minibatches,
   optionally an EMA copy of the weights.
+* :func:`train_classifier` — cross-entropy for the classifier whose features define the FD-digits
+  metric (:mod:`smcdiff.metrics.fd_digits`).
 * :func:`discriminator_loss` / :func:`train_discriminator` — DG's recipe (REFERENCE §2a): real
   (label 1) vs fake (label 0), VP time t importance-sampled by :func:`importance_vp_time`,
   x_t = α(t)·x + std(t)·z, binary cross-entropy on the logit, Adam with weight decay.
@@ -25,6 +27,7 @@ a run's weights depend on its seed alone::
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ __all__ = [
     "edm_loss",
     "importance_vp_time",
     "sample_vp_time",
+    "train_classifier",
     "train_denoiser",
     "train_discriminator",
 ]
@@ -103,6 +107,27 @@ def _check_loop(steps: int, batch_size: int, lr: float) -> None:
         raise ValueError(f"lr must be positive, got {lr}")
 
 
+def _fit(module: nn.Module, opt: torch.optim.Optimizer, steps: int, desc: str, progress: bool,
+         loss_at: Callable[[int], Tensor], after: Callable[[int], None] | None = None) -> Tensor:
+    """The loop every trainer shares: ``steps`` times, ``loss_at(k)`` → backward → ``opt.step()`` →
+    ``after(k)``; ``module`` in train mode meanwhile, eval mode after. Returns the ``(steps,)`` float64 losses."""
+    losses = torch.empty(steps, dtype=torch.float64)
+    module.train()
+    bar = _steps(steps, desc, progress)
+    for k in bar:
+        loss = loss_at(k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[k] = float(loss.detach())
+        if after is not None:
+            after(k)
+        if progress:
+            bar.set_postfix(loss=f"{float(losses[k]):.4f}")
+    module.eval()
+    return losses
+
+
 def _minibatch(data: Tensor, batch_size: int, g: torch.Generator) -> Tensor:
     idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)
     return data[idx.to(data.device)]
@@ -125,25 +150,17 @@ def train_denoiser(denoiser: nn.Module, data: Tensor, *, steps: int, batch_size:
     params = [p for p in denoiser.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     averaged = copy.deepcopy(denoiser).requires_grad_(False) if ema is not None else None
-    losses = torch.empty(steps, dtype=torch.float64)
-    denoiser.train()
-    bar = _steps(steps, "denoiser", progress)
-    for k in bar:
-        # Minibatch, loss, Adam step.
-        loss = edm_loss(denoiser, _minibatch(data, batch_size, g), g, P_mean, P_std, sigma_data)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses[k] = float(loss.detach())
-        if averaged is not None:
-            # Exponential moving average of the weights.
-            beta = _ema_beta(float(ema), k)
-            with torch.no_grad():
-                for p_avg, p in zip(averaged.parameters(), denoiser.parameters()):
-                    p_avg.lerp_(p.detach(), 1 - beta)
-        if progress:
-            bar.set_postfix(loss=f"{float(losses[k]):.4f}")
-    denoiser.eval()
+
+    def loss_at(k: int) -> Tensor:  # minibatch, then σ and noise
+        return edm_loss(denoiser, _minibatch(data, batch_size, g), g, P_mean, P_std, sigma_data)
+
+    def average(k: int) -> None:  # exponential moving average of the weights
+        beta = _ema_beta(float(ema), k)
+        with torch.no_grad():
+            for p_avg, p in zip(averaged.parameters(), denoiser.parameters()):
+                p_avg.lerp_(p.detach(), 1 - beta)
+
+    losses = _fit(denoiser, opt, steps, "denoiser", progress, loss_at, average if averaged is not None else None)
     if averaged is not None:
         return averaged.eval(), losses
     return denoiser, losses
@@ -218,18 +235,35 @@ def train_discriminator(disc: nn.Module, real: Tensor, fake: Tensor, *, steps: i
     if real.shape[1:] != fake.shape[1:]:
         raise ValueError(f"real and fake must share an event shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
     opt = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    losses = torch.empty(steps, dtype=torch.float64)
-    disc.train()
-    bar = _steps(steps, "discriminator", progress)
-    for k in bar:
-        # Minibatches of both sets, loss, Adam step.
+
+    def loss_at(k: int) -> Tensor:  # minibatches of both sets (real first), then t and z
         xr, xf = _minibatch(real, batch_size, g), _minibatch(fake, batch_size, g)
-        loss = discriminator_loss(disc, xr, xf, g, t_min)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses[k] = float(loss.detach())
-        if progress:
-            bar.set_postfix(loss=f"{float(losses[k]):.4f}")
-    disc.eval()
+        return discriminator_loss(disc, xr, xf, g, t_min)
+
+    losses = _fit(disc, opt, steps, "discriminator", progress, loss_at)
     return disc, losses
+
+
+# ------------------------------------------------------------------------------- classifier
+def train_classifier(classifier: nn.Module, images: Tensor, labels: Tensor, *, steps: int, batch_size: int,
+                     lr: float = 1e-3, weight_decay: float = 1e-4, generator: torch.Generator,
+                     progress: bool = False) -> tuple[nn.Module, Tensor]:
+    """Train ``classifier`` (in place; logits ``(B, C)`` from ``(B, *event)``) on ``images : (N, *event)``
+    and ``labels : (N,)`` long with cross-entropy and AdamW(lr, weight_decay).
+
+    Each step draws ``batch_size`` rows with replacement from ``generator``. Returns
+    ``(classifier, losses)`` with ``losses : (steps,)`` float64.
+    """
+    _check_loop(steps, batch_size, lr)
+    g = _one_generator(generator)
+    images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+    if labels.dtype != torch.long or labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must be long of shape ({images.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    opt = torch.optim.AdamW([p for p in classifier.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+    def loss_at(k: int) -> Tensor:
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=g).to(images.device)
+        return F.cross_entropy(classifier(images[idx]), labels[idx])
+
+    losses = _fit(classifier, opt, steps, "classifier", progress, loss_at)
+    return classifier, losses

@@ -9,6 +9,7 @@ import torch
 from smcdiff.kernels.schedules import vp_alpha, vp_time
 from smcdiff.models.small_nets import (
     ConvDenoiser,
+    DigitsClassifier,
     MLPDenoiser,
     TimeDiscriminator,
     edm_preconditioning,
@@ -153,3 +154,23 @@ def test_load_refuses_unknown_classes_and_missing_features(tmp_path):
     x = torch.randn(2, 4, dtype=F64, generator=gen(1))
     with torch.no_grad():
         assert torch.equal(back(x, torch.ones(2)), disc(x, torch.ones(2)))
+
+
+def test_digits_classifier_shapes_features_and_round_trip(tmp_path):
+    clf = DigitsClassifier(width=8, feature_dim=6, generator=gen(3)).eval()
+    x = torch.rand(5, 1, 8, 8, generator=gen(4), dtype=F64) * 2 - 1
+    with torch.no_grad():
+        feats, logits = clf.features(x), clf(x)
+        assert feats.shape == (5, 6) and feats.dtype == torch.float32
+        assert logits.shape == (5, 10)
+        # The logits are the head applied to the features.
+        assert torch.allclose(logits, clf.head(feats))
+    save(clf, tmp_path / "clf.pt")
+    back = load(tmp_path / "clf.pt")
+    with torch.no_grad():
+        assert torch.equal(back(x), logits)
+    assert torch.equal(DigitsClassifier(width=8, feature_dim=6, generator=gen(3)).feature.weight, clf.feature.weight)
+    with pytest.raises(ValueError, match="expected x of shape"):
+        clf(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="num_classes"):
+        DigitsClassifier(num_classes=1)

@@ -1,0 +1,2 @@
+"""Files shipped with smcdiff: the trained digits networks (``digits/``; see
+:mod:`smcdiff.models.pretrained`)."""

@@ -1,0 +1,315 @@
+"""``smcdiff table``: every method on the shipped digits model and discriminator, at matched NFE.
+
+The paper-shaped experiment of this package: on one trained 8×8-digits denoiser and one DG-style
+discriminator (:func:`smcdiff.models.pretrained.load_digits_models`), run
+
+* the base EDM Heun sampler at several step counts (the quality-against-NFE curve),
+* ε-scaling (EDM-ES), DG (EDM-G++), SEDM-G++, DiffRS, the particle filter (K = 2, 4, 8; EDM
+  stochastic variant, arg-max selection) and discriminator-select (best-of-K by the discriminator)
+  at :attr:`TableConfig.steps` sampler steps,
+
+each over several seeds, and score the outputs by FD-digits, precision and recall against the
+held-out test split (:mod:`smcdiff.metrics.fd_digits`). NFE per output counts every network
+evaluation (:class:`~smcdiff.methods.base.CallCounter`), discriminator calls likewise.
+
+Each method gets two verdicts: against the base sampler at the *same steps*, and against the base
+sampler at *matched NFE* (the cheapest base run spending at least as many network evaluations per
+output). "better"/"worse" means the mean FD differs by more than two standard errors of the
+difference over seeds; otherwise "≈ (within noise)".
+
+    >>> cfg = TableConfig.quick()
+    >>> cfg.num_samples, len(cfg.seeds), cfg.steps
+    (200, 2, 6)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+__all__ = ["Run", "Summary", "TableConfig", "format_markdown", "method_specs", "plot_summary", "run_table",
+           "summarize", "write_results"]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """What the table runs. ``base_steps``: step counts of the base curve; ``steps``: the sampler
+    steps of every other method; ``num_samples`` outputs per run; one run per seed."""
+
+    num_samples: int = 1000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 9
+    base_steps: tuple[int, ...] = (3, 4, 6, 9, 13, 18, 25, 36, 50, 69)
+    particles: tuple[int, ...] = (2, 4, 8)
+    select_particles: tuple[int, ...] = (4, 8)
+    pf_churn: float = 10.0
+    rej_percentile: float = 0.75
+
+    @classmethod
+    def quick(cls) -> TableConfig:
+        """The ``--quick`` setting (about a minute on 2 CPU cores): fewer samples, seeds and steps."""
+        return cls(num_samples=200, seeds=(0, 1), steps=6, base_steps=(3, 6, 12, 24, 48), select_particles=(4,))
+
+    def __post_init__(self):
+        if self.num_samples < 40:
+            raise ValueError(f"num_samples must be >= 40 (FD-digits estimates a 32x32 covariance), got {self.num_samples}")
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if self.steps < 2 or min(self.base_steps, default=0) < 2:
+            raise ValueError("steps and every base step count must be >= 2")
+        if min((*self.particles, *self.select_particles), default=2) < 2:
+            raise ValueError("particle counts must be >= 2")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method at one seed: cost and scores."""
+
+    method: str
+    family: str
+    steps: int
+    seed: int
+    nfe: float
+    disc_calls: float
+    seconds: float
+    fd: float
+    precision: float
+    recall: float
+    class_tv: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A method over all seeds: means and standard deviations (``*_std``; 0 with one seed)."""
+
+    method: str
+    family: str
+    steps: int
+    num_seeds: int
+    nfe: float
+    disc_calls: float
+    seconds: float
+    fd: float
+    fd_std: float
+    precision: float
+    precision_std: float
+    recall: float
+    recall_std: float
+    class_tv: float
+    class_tv_std: float
+    vs_same_steps: str = ""
+    vs_matched_nfe: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    steps: int
+    fn: Callable
+    params: dict = field(default_factory=dict)
+    uses_disc: bool = True
+
+
+def method_specs(cfg: TableConfig) -> list[MethodSpec]:
+    """The runs of the table, base curve first."""
+    from smcdiff import methods
+
+    n = cfg.steps
+    specs = [MethodSpec(f"EDM Heun, {s} steps", "base", s, methods.dg, uses_disc=False) for s in cfg.base_steps]
+    specs += [
+        MethodSpec("ε-scaling (b = 1.004)", "eps-scaling", n, methods.sedm, uses_disc=False),
+        MethodSpec("DG (EDM-G++, w = 2)", "dg", n, methods.dg),
+        MethodSpec("SEDM-G++ (b = 1.004, w = 1.67)", "sedm-g++", n, methods.sedm),
+        MethodSpec(f"DiffRS (γ = {cfg.rej_percentile})", "diffrs", n, methods.diffrs,
+                   dict(rej_percentile=cfg.rej_percentile)),
+    ]
+    specs += [MethodSpec(f"particle filter, K = {k}", "pf", n, methods.particle_filter,
+                         dict(num_particles=k, S_churn=cfg.pf_churn, select="argmax")) for k in cfg.particles]
+    specs += [MethodSpec(f"discriminator-select, K = {k}", "select", n, methods.discriminator_select,
+                         dict(num_particles=k)) for k in cfg.select_particles]
+    return specs
+
+
+def _real_row(cfg: TableConfig, seed: int, scores: Callable) -> Run:
+    from smcdiff.data import load_digits
+
+    train = load_digits("train")[0]
+    n = min(cfg.num_samples, train.shape[0])
+    idx = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    s = scores(train[idx])
+    return Run("real images (train split)", "real", 0, seed, 0.0, 0.0, 0.0, **s)
+
+
+def run_table(cfg: TableConfig | None = None, *, models=None, progress: bool = False) -> list[Run]:
+    """Run every :func:`method_specs` entry at every seed; returns one :class:`Run` each, the real-data
+    floor (training images, same sample size) first."""
+    from smcdiff.kernels import karras_sigmas
+    from smcdiff.metrics.fd_digits import DigitsFeatures, digits_scores, reference_features
+    from smcdiff.models.pretrained import load_digits_models
+
+    cfg = TableConfig() if cfg is None else cfg
+    models = load_digits_models() if models is None else models
+    features = DigitsFeatures(models.classifier)
+    ref = reference_features(features)
+
+    def scores(x):
+        return digits_scores(x, features=features, ref_features=ref)
+
+    runs = [_real_row(cfg, seed, scores) for seed in cfg.seeds]
+    jobs = [(spec, seed) for spec in method_specs(cfg) for seed in cfg.seeds]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc="table")
+    shape = tuple(models.denoiser.event_shape)
+    for spec, seed in jobs:
+        if progress:
+            jobs.set_postfix_str(f"{spec.name}, seed {seed}")
+        start = time.perf_counter()
+        out = spec.fn(models.denoiser, karras_sigmas(spec.steps), log_ratio=models.discriminator if spec.uses_disc else None,
+                      num_samples=cfg.num_samples, shape=shape, generator=torch.Generator().manual_seed(seed),
+                      **spec.params)
+        seconds = time.perf_counter() - start
+        if not torch.isfinite(out.x).all():
+            raise FloatingPointError(f"{spec.name} (seed {seed}) produced non-finite samples")
+        runs.append(Run(spec.name, spec.family, spec.steps, seed, float(out.nfe), float(out.disc_calls), seconds,
+                        **scores(out.x)))
+    return runs
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+
+def _verdict(m: Summary, b: Summary | None) -> str:
+    if b is None:
+        return "—"
+    se = math.sqrt((m.fd_std**2) / m.num_seeds + (b.fd_std**2) / b.num_seeds)
+    diff = m.fd - b.fd
+    ref = f"{b.steps} steps"
+    if se == 0 or abs(diff) <= 2 * se:
+        return f"≈ {ref} (Δ {diff:+.2f} ± {se:.2f})"
+    return f"{'better' if diff < 0 else 'worse'} than {ref} (Δ {diff:+.2f} ± {se:.2f})"
+
+
+def summarize(runs: Sequence[Run]) -> list[Summary]:
+    """Mean ± std over seeds per method (in first-seen order), with the two FD verdicts."""
+    order: dict[str, list[Run]] = {}
+    for r in runs:
+        order.setdefault(r.method, []).append(r)
+    out = []
+    for name, rs in order.items():
+        stats = {k: _mean_std([getattr(r, k) for r in rs]) for k in ("fd", "precision", "recall", "class_tv")}
+        out.append(Summary(name, rs[0].family, rs[0].steps, len(rs), _mean_std([r.nfe for r in rs])[0],
+                           _mean_std([r.disc_calls for r in rs])[0], _mean_std([r.seconds for r in rs])[0],
+                           stats["fd"][0], stats["fd"][1], stats["precision"][0], stats["precision"][1],
+                           stats["recall"][0], stats["recall"][1], stats["class_tv"][0], stats["class_tv"][1]))
+    base = sorted((s for s in out if s.family == "base"), key=lambda s: s.nfe)
+    final = []
+    for s in out:
+        if s.family not in ("base", "real"):
+            same = next((b for b in base if b.steps == s.steps), None)
+            matched = next((b for b in base if b.nfe >= s.nfe - 1e-9), None)
+            s = replace(s, vs_same_steps=_verdict(s, same),
+                        vs_matched_nfe=_verdict(s, matched) if matched else f"no base run reaches {s.nfe:.0f} NFE")
+        final.append(s)
+    return final
+
+
+def format_markdown(summaries: Sequence[Summary]) -> str:
+    """The results table in markdown (FD-digits, precision, recall, class TV: mean ± std over seeds)."""
+    lines = ["| method | steps | NFE / output | disc. calls / output | FD-digits ↓ | precision ↑ | recall ↑ | "
+             "class TV ↓ | s / run | FD vs base, same steps | FD vs base, matched NFE |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for s in summaries:
+        steps = "—" if s.family == "real" else str(s.steps)
+        lines.append(
+            f"| {s.method} | {steps} | {s.nfe:.1f} | {s.disc_calls:.1f} | {s.fd:.2f} ± {s.fd_std:.2f} | "
+            f"{s.precision:.3f} ± {s.precision_std:.3f} | {s.recall:.3f} ± {s.recall_std:.3f} | "
+            f"{s.class_tv:.3f} ± {s.class_tv_std:.3f} | {s.seconds:.1f} | {s.vs_same_steps or '—'} | "
+            f"{s.vs_matched_nfe or '—'} |")
+    return "\n".join(lines)
+
+
+def plot_summary(summaries: Sequence[Summary], path) -> None:
+    """FD-digits, precision and recall against NFE per output (log axis): the base curve as a
+    line, every other method as a marker, the real-data floor dashed (the PF paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smcdiff.diagnostics.nfe_figure import MARKERS, finish_nfe_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
+    base = sorted((s for s in summaries if s.family == "base"), key=lambda s: s.nfe)
+    real = next((s for s in summaries if s.family == "real"), None)
+    others = [s for s in summaries if s.family not in ("base", "real")]
+    panels = (("fd", "FD-digits (lower is better)"), ("precision", "precision"), ("recall", "recall"))
+    for ax, (key, _) in zip(axes, panels):
+        ax.errorbar([s.nfe for s in base], [getattr(s, key) for s in base],
+                    yerr=[getattr(s, key + "_std") for s in base], color="k", marker=".", capsize=2,
+                    label="EDM Heun (base), by steps")
+        for j, s in enumerate(others):
+            ax.errorbar(s.nfe, getattr(s, key), yerr=getattr(s, key + "_std"), marker=MARKERS[j % len(MARKERS)],
+                        color=f"C{j % 10}", ms=7, capsize=2, ls="none", label=s.method)
+        if real is not None:
+            ax.axhline(getattr(real, key), color="0.5", ls="--", lw=1, label="real images (floor)")
+    axes[0].set_yscale("log")
+    finish_nfe_figure(fig, axes, [label for _, label in panels],
+                      "8×8 digits: sample quality against network budget (mean ± std over seeds)", path)
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: dict, image_name: str,
+                     command: str, seconds: float) -> str:
+    threads = torch.get_num_threads()
+    acc = manifest.get("discriminator_heldout_accuracy", {})
+    acc_text = ", ".join(f"σ = {k}: {v:.3f}" for k, v in acc.items())
+    return "\n".join([
+        BEGIN,
+        f"Command: `{command}` — {len(summaries)} rows, {len(cfg.seeds)} seeds × {cfg.num_samples} samples per "
+        f"run, total {seconds / 60:.1f} min on {platform.machine()} with {threads} torch threads "
+        f"(torch {torch.__version__}).",
+        "",
+        format_markdown(summaries),
+        "",
+        f"![FD-digits, precision and recall against NFE]({image_name})",
+        "",
+        f"Models: shipped weights (`smcdiff/assets/digits`), classifier test accuracy "
+        f"{manifest.get('classifier_test_accuracy', float('nan')):.3f}; discriminator held-out accuracy "
+        f"(test images vs fresh samples) {acc_text}.",
+        END,
+    ])
+
+
+def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: dict, command: str, seconds: float,
+                  name: str = "results") -> Path:
+    """Write ``{name}.md`` (the generated block; text outside its markers in an existing file is
+    kept), ``{name}.png`` and ``{name}.json`` (every run) to ``folder``; returns the markdown path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = summarize(runs)
+    plot_summary(summaries, folder / f"{name}.png")
+    (folder / f"{name}.json").write_text(json.dumps(
+        {"config": asdict(cfg), "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
+    block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds)
+    path = folder / f"{name}.md"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        text = f"# Digits results\n\n{block}\n"
+    path.write_text(text)
+    return path

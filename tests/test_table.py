@@ -1,0 +1,129 @@
+"""The digits table: verdict arithmetic on made-up runs, the results file, and the ``--quick`` table
+end to end through the CLI on the shipped models (about a minute on one core)."""
+
+import json
+import math
+
+import pytest
+
+from smcdiff.cli import main
+from smcdiff.table import BEGIN, END, Run, TableConfig, method_specs, summarize, write_results
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(method, family, steps, seed, nfe, fd):
+    return Run(method, family, steps, seed, nfe, 0.0, 1.0, fd, 0.5, 0.5, 0.1)
+
+
+def fake_runs(method_fds, base_fds=(10.0, 11.0, 12.0)):
+    runs = [run("base 9", "base", 9, s, 17.0, fd) for s, fd in enumerate(base_fds)]
+    runs += [run("base 36", "base", 36, s, 71.0, fd - 6) for s, fd in enumerate(base_fds)]
+    runs += [run("pf", "pf", 9, s, 34.0, fd) for s, fd in enumerate(method_fds)]
+    return runs
+
+
+def test_summary_means_stds_and_verdicts():
+    rows = {s.method: s for s in summarize(fake_runs((5.0, 6.0, 7.0)))}
+    pf = rows["pf"]
+    assert pf.fd == pytest.approx(6.0) and pf.fd_std == pytest.approx(1.0) and pf.num_seeds == 3
+    # Same steps: base 9 has mean 11, std 1; Δ = −5, SE = sqrt(1/3 + 1/3).
+    se = math.sqrt(2 / 3)
+    assert pf.vs_same_steps == f"better than 9 steps (Δ -5.00 ± {se:.2f})"
+    # Matched NFE: the cheapest base run with NFE >= 34 is 36 steps (71 NFE, mean 5): Δ = +1 within 2 SE.
+    assert pf.vs_matched_nfe.startswith("≈ 36 steps (Δ +1.00")
+    rows = {s.method: s for s in summarize(fake_runs((15.0, 16.0, 17.0)))}
+    assert rows["pf"].vs_matched_nfe.startswith("worse than 36 steps")
+    assert rows["base 9"].vs_same_steps == ""
+
+
+def test_a_method_beyond_the_base_curve_says_so():
+    runs = fake_runs((5.0, 6.0, 7.0))
+    runs += [run("pf8", "pf", 9, s, 136.0, 5.0) for s in range(3)]
+    assert {s.method: s for s in summarize(runs)}["pf8"].vs_matched_nfe == "no base run reaches 136 NFE"
+
+
+def test_results_file_keeps_the_text_around_its_block(tmp_path):
+    cfg = TableConfig.quick()
+    runs = fake_runs((5.0, 6.0, 7.0))
+    path = write_results(cfg, runs, tmp_path, manifest={}, command="smcdiff table", seconds=60.0)
+    text = path.read_text()
+    assert BEGIN in text and END in text and "| pf | 9 | 34.0 |" in text
+    path.write_text("# Title\n\nmy analysis\n\n" + text[text.index(BEGIN):] + "\nmore words\n")
+    write_results(cfg, fake_runs((1.0, 2.0, 3.0)), tmp_path, manifest={}, command="smcdiff table", seconds=1.0)
+    text = path.read_text()
+    assert text.startswith("# Title\n\nmy analysis") and text.endswith("more words\n")
+    assert "| 2.00 ± 1.00 |" in text and (tmp_path / "results.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 9
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_samples"):
+        TableConfig(num_samples=10)
+    with pytest.raises(ValueError, match="seeds"):
+        TableConfig(seeds=(1, 1))
+    with pytest.raises(ValueError, match="particle"):
+        TableConfig(particles=(1,))
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "a,b"], "comma-separated"), (["--samples", "5"], "num_samples")])
+def test_table_cli_refuses_bad_options(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["table", "--quick", "--out", str(tmp_path), *argv])
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("table")
+    try:
+        assert main(["table", "--quick", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(old)
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_table_runs_every_method_on_every_seed(quick):
+    out, data = quick
+    cfg = TableConfig.quick()
+    runs = [Run(**r) for r in data["runs"]]
+    names = [s.name for s in method_specs(cfg)]
+    assert sorted({r.method for r in runs}) == sorted(["real images (train split)", *names])
+    for name in names:
+        assert sorted(r.seed for r in runs if r.method == name) == list(cfg.seeds)
+    for r in runs:
+        assert all(math.isfinite(v) for v in (r.fd, r.precision, r.recall, r.class_tv, r.nfe, r.seconds))
+        assert 0 <= r.precision <= 1 and 0 <= r.recall <= 1 and r.fd >= 0
+    text = (out / "results.md").read_text()
+    assert "discriminator-select, K = 4" in text and (out / "results.png").stat().st_size > 10_000
+
+
+def test_quick_table_counts_network_calls_exactly(quick):
+    _, data = quick
+    n = TableConfig.quick().steps
+    per_path = 2 * n - 1  # Heun: 2 evaluations per step, 1 on the last
+    for r in (Run(**r) for r in data["runs"]):
+        if r.family == "base":
+            assert r.nfe == 2 * r.steps - 1 and r.disc_calls == 0
+        elif r.family in ("eps-scaling", "dg", "sedm-g++"):
+            assert r.nfe == per_path
+        elif r.family in ("pf", "select"):
+            k = int(r.method.rsplit("= ", 1)[1])
+            assert r.nfe == k * per_path
+        elif r.family == "diffrs":
+            assert r.nfe >= per_path  # rejections only add work
+    select = [Run(**r) for r in data["runs"] if r["family"] == "select"]
+    assert all(r.disc_calls == 4 for r in select)  # one final discriminator call per particle
+
+
+def test_quick_table_orders_the_base_curve(quick):
+    """Known properties of the base sampler: 3 Heun steps are far worse than 24, and real images
+    beat every sampler."""
+    _, data = quick
+    rows = {s.method: s for s in summarize([Run(**r) for r in data["runs"]])}
+    assert rows["EDM Heun, 3 steps"].fd > 3 * rows["EDM Heun, 24 steps"].fd
+    real = rows["real images (train split)"].fd
+    assert all(real < s.fd for s in rows.values() if s.family == "base")

@@ -213,6 +213,8 @@ def _add_table(sub) -> None:
     t.add_argument("--weights", default=None, metavar="DIR", help="folder of digits models (default: the shipped ones)")
     t.add_argument("--out", default="docs", metavar="DIR", help="folder for results.md/png/json (default: %(default)s)")
     t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--from-json", default=None, metavar="JSON",
+                   help="re-render results.md/png in --out from a saved results.json (runs nothing)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_run_table)
 
@@ -224,8 +226,14 @@ def _run_table(args) -> int:
     import torch
 
     from smcdiff.models.pretrained import load_digits_models
-    from smcdiff.table import TableConfig, format_markdown, run_table, summarize, write_results
+    from smcdiff.table import TableConfig, format_markdown, read_results, run_table, summarize, write_results
 
+    if args.from_json:
+        cfg, runs, record = read_results(args.from_json)
+        path = write_results(cfg, runs, args.out, manifest=load_digits_models(args.weights).manifest,
+                             command=record["command"], seconds=record["seconds"], threads=record["threads"])
+        print(f"re-rendered {path} and its .png/.json from {args.from_json}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TableConfig.quick() if args.quick else TableConfig()

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Run", "Summary", "TableConfig", "format_markdown", "method_specs", "plot_summary", "run_table",
-           "summarize", "write_results"]
+__all__ = ["Run", "Summary", "TableConfig", "format_markdown", "method_specs", "plot_summary", "read_results",
+           "run_table", "summarize", "write_results"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class Summary:
     class_tv_std: float
     vs_same_steps: str = ""
     vs_matched_nfe: str = ""
+    precision_vs_matched_nfe: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,15 +191,18 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
 
 
-def _verdict(m: Summary, b: Summary | None) -> str:
+def _verdict(m: Summary, b: Summary | None, key: str = "fd", lower_is_better: bool = True) -> str:
+    """Compare the seed means of ``key``: better/worse beyond 2 standard errors of the difference, else ≈."""
     if b is None:
         return "—"
-    se = math.sqrt((m.fd_std**2) / m.num_seeds + (b.fd_std**2) / b.num_seeds)
-    diff = m.fd - b.fd
-    ref = f"{b.steps} steps"
+    sd_m, sd_b = getattr(m, key + "_std"), getattr(b, key + "_std")
+    se = math.sqrt(sd_m**2 / m.num_seeds + sd_b**2 / b.num_seeds)
+    diff = getattr(m, key) - getattr(b, key)
+    digits = 2 if key == "fd" else 3
+    text = f"{b.steps} steps (Δ {diff:+.{digits}f} ± {se:.{digits}f})"
     if se == 0 or abs(diff) <= 2 * se:
-        return f"≈ {ref} (Δ {diff:+.2f} ± {se:.2f})"
-    return f"{'better' if diff < 0 else 'worse'} than {ref} (Δ {diff:+.2f} ± {se:.2f})"
+        return f"≈ {text}"
+    return f"{'better' if (diff < 0) == lower_is_better else 'worse'} than {text}"
 
 
 def summarize(runs: Sequence[Run]) -> list[Summary]:
@@ -219,8 +223,10 @@ def summarize(runs: Sequence[Run]) -> list[Summary]:
         if s.family not in ("base", "real"):
             same = next((b for b in base if b.steps == s.steps), None)
             matched = next((b for b in base if b.nfe >= s.nfe - 1e-9), None)
+            beyond = f"no base run reaches {s.nfe:.0f} NFE"
             s = replace(s, vs_same_steps=_verdict(s, same),
-                        vs_matched_nfe=_verdict(s, matched) if matched else f"no base run reaches {s.nfe:.0f} NFE")
+                        vs_matched_nfe=_verdict(s, matched) if matched else beyond,
+                        precision_vs_matched_nfe=_verdict(s, matched, "precision", False) if matched else beyond)
         final.append(s)
     return final
 
@@ -228,15 +234,15 @@ def summarize(runs: Sequence[Run]) -> list[Summary]:
 def format_markdown(summaries: Sequence[Summary]) -> str:
     """The results table in markdown (FD-digits, precision, recall, class TV: mean ± std over seeds)."""
     lines = ["| method | steps | NFE / output | disc. calls / output | FD-digits ↓ | precision ↑ | recall ↑ | "
-             "class TV ↓ | s / run | FD vs base, same steps | FD vs base, matched NFE |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "class TV ↓ | s / run | FD vs base, same steps | FD vs base, matched NFE | precision vs base, matched NFE |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for s in summaries:
         steps = "—" if s.family == "real" else str(s.steps)
         lines.append(
             f"| {s.method} | {steps} | {s.nfe:.1f} | {s.disc_calls:.1f} | {s.fd:.2f} ± {s.fd_std:.2f} | "
             f"{s.precision:.3f} ± {s.precision_std:.3f} | {s.recall:.3f} ± {s.recall_std:.3f} | "
             f"{s.class_tv:.3f} ± {s.class_tv_std:.3f} | {s.seconds:.1f} | {s.vs_same_steps or '—'} | "
-            f"{s.vs_matched_nfe or '—'} |")
+            f"{s.vs_matched_nfe or '—'} | {s.precision_vs_matched_nfe or '—'} |")
     return "\n".join(lines)
 
 
@@ -273,14 +279,13 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: dict, image_name: str,
-                     command: str, seconds: float) -> str:
-    threads = torch.get_num_threads()
+                     command: str, seconds: float, threads: int) -> str:
     acc = manifest.get("discriminator_heldout_accuracy", {})
     acc_text = ", ".join(f"σ = {k}: {v:.3f}" for k, v in acc.items())
     return "\n".join([
         BEGIN,
         f"Command: `{command}` — {len(summaries)} rows, {len(cfg.seeds)} seeds × {cfg.num_samples} samples per "
-        f"run, total {seconds / 60:.1f} min on {platform.machine()} with {threads} torch threads "
+        f"run, total {seconds / 60:.1f} min on {platform.machine()}, torch threads: {threads} "
         f"(torch {torch.__version__}).",
         "",
         format_markdown(summaries),
@@ -295,16 +300,19 @@ def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: d
 
 
 def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: dict, command: str, seconds: float,
-                  name: str = "results") -> Path:
+                  threads: int | None = None, name: str = "results") -> Path:
     """Write ``{name}.md`` (the generated block; text outside its markers in an existing file is
-    kept), ``{name}.png`` and ``{name}.json`` (every run) to ``folder``; returns the markdown path."""
+    kept), ``{name}.png`` and ``{name}.json`` (every run, the command, seconds and torch threads)
+    to ``folder``; returns the markdown path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads() if threads is None else threads
     summaries = summarize(runs)
     plot_summary(summaries, folder / f"{name}.png")
     (folder / f"{name}.json").write_text(json.dumps(
-        {"config": asdict(cfg), "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
-    block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds)
+        {"config": asdict(cfg), "command": command, "seconds": seconds, "threads": threads,
+         "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
+    block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds, threads)
     path = folder / f"{name}.md"
     old = path.read_text() if path.exists() else ""
     if BEGIN in old and END in old:
@@ -313,3 +321,11 @@ def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: di
         text = f"# Digits results\n\n{block}\n"
     path.write_text(text)
     return path
+
+
+def read_results(path) -> tuple[TableConfig, list[Run], dict]:
+    """``(config, runs, record)`` from a ``results.json`` written by :func:`write_results`."""
+    record = json.loads(Path(path).read_text())
+    cfg = record["config"]
+    cfg = TableConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return cfg, [Run(**r) for r in record["runs"]], record

@@ -32,6 +32,8 @@ def test_summary_means_stds_and_verdicts():
     assert pf.vs_same_steps == f"better than 9 steps (Δ -5.00 ± {se:.2f})"
     # Matched NFE: the cheapest base run with NFE >= 34 is 36 steps (71 NFE, mean 5): Δ = +1 within 2 SE.
     assert pf.vs_matched_nfe.startswith("≈ 36 steps (Δ +1.00")
+    # Precision is higher-is-better; equal constants give a zero standard error and "≈".
+    assert pf.precision_vs_matched_nfe == "≈ 36 steps (Δ +0.000 ± 0.000)"
     rows = {s.method: s for s in summarize(fake_runs((15.0, 16.0, 17.0)))}
     assert rows["pf"].vs_matched_nfe.startswith("worse than 36 steps")
     assert rows["base 9"].vs_same_steps == ""
@@ -127,3 +129,13 @@ def test_quick_table_orders_the_base_curve(quick):
     assert rows["EDM Heun, 3 steps"].fd > 3 * rows["EDM Heun, 24 steps"].fd
     real = rows["real images (train split)"].fd
     assert all(real < s.fd for s in rows.values() if s.family == "base")
+
+
+def test_from_json_re_renders_the_same_table(tmp_path, capsys):
+    cfg = TableConfig.quick()
+    write_results(cfg, fake_runs((5.0, 6.0, 7.0)), tmp_path / "a", manifest={}, command="smcdiff table --quick",
+                  seconds=90.0, threads=2)
+    assert main(["table", "--from-json", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "b")]) == 0
+    a, b = ((tmp_path / d / "results.md").read_text() for d in ("a", "b"))
+    table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table(a) == table(b) and "torch threads: 2" in b and "1.5 min" in b

@@ -32,3 +32,26 @@ def test_data_sets():
     assert load_data("digits", 0).shape[1:] == (1, 8, 8)
     with pytest.raises(ValueError, match="unknown data set"):
         load_data("cifar", 10)
+
+
+def test_train_classifier_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "clf.pt"
+    assert main(["train", "classifier", "--data", "digits", "--steps", "3", "--batch", "16", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert load(out)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(SystemExit, match="digits"):
+        main(["train", "classifier", "--data", "moons", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--data"):
+        main(["train", "denoiser", "--out", str(out)])
+
+
+def test_train_digits_models_cli_takes_a_recipe(tmp_path, capsys):
+    recipe = ('{"denoiser": {"steps": 2, "width": 8}, "classifier": {"steps": 2, "width": 8, "feature_dim": 8}, '
+              '"discriminator": {"steps": 2, "width": 8, "num_fake": 16, "sample_steps": 3}}')
+    assert main(["train", "digits-models", "--out", str(tmp_path), "--recipe", recipe, "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.pt", "denoiser.pt", "discriminator.pt",
+                                                          "manifest.json"]
+    with pytest.raises(SystemExit, match="not JSON"):
+        main(["train", "digits-models", "--out", str(tmp_path), "--recipe", "{bad"])
+    with pytest.raises(SystemExit, match="unknown recipe part"):
+        main(["train", "digits-models", "--out", str(tmp_path), "--recipe", '{"nope": 1}'])

@@ -219,6 +219,10 @@ def _add_table(sub) -> None:
     t.set_defaults(func=_run_table)
 
 
+def _weights_label(folder) -> dict:
+    return {} if folder is None else {"weights": f"the weights in `{folder}`"}
+
+
 def _run_table(args) -> int:
     import dataclasses
     import time
@@ -231,7 +235,8 @@ def _run_table(args) -> int:
     if args.from_json:
         cfg, runs, record = read_results(args.from_json)
         path = write_results(cfg, runs, args.out, manifest=load_digits_models(args.weights).manifest,
-                             command=record["command"], seconds=record["seconds"], threads=record["threads"])
+                             command=record["command"], seconds=record["seconds"], threads=record["threads"],
+                             **_weights_label(args.weights))
         print(f"re-rendered {path} and its .png/.json from {args.from_json}")
         return 0
     if args.threads:
@@ -256,7 +261,8 @@ def _run_table(args) -> int:
     runs = run_table(cfg, models=models, progress=not args.no_progress)
     seconds = time.perf_counter() - start
     command = "smcdiff table" + "".join(f" {a}" for a in (args.argv or []))
-    path = write_results(cfg, runs, args.out, manifest=models.manifest, command=command, seconds=seconds)
+    path = write_results(cfg, runs, args.out, manifest=models.manifest, command=command, seconds=seconds,
+                         **_weights_label(args.weights))
     print(format_markdown(summarize(runs)))
     print(f"\n{len(runs)} runs in {seconds / 60:.1f} min; wrote {path} and its .png/.json")
     return 0

@@ -279,7 +279,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: dict, image_name: str,
-                     command: str, seconds: float, threads: int) -> str:
+                     command: str, seconds: float, threads: int, weights: str) -> str:
     acc = manifest.get("discriminator_heldout_accuracy", {})
     acc_text = ", ".join(f"σ = {k}: {v:.3f}" for k, v in acc.items())
     return "\n".join([
@@ -292,7 +292,7 @@ def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: d
         "",
         f"![FD-digits, precision and recall against NFE]({image_name})",
         "",
-        f"Models: shipped weights (`smcdiff/assets/digits`), classifier test accuracy "
+        f"Models: {weights}, classifier test accuracy "
         f"{manifest.get('classifier_test_accuracy', float('nan')):.3f}; discriminator held-out accuracy "
         f"(test images vs fresh samples) {acc_text}.",
         END,
@@ -300,7 +300,8 @@ def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: d
 
 
 def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: dict, command: str, seconds: float,
-                  threads: int | None = None, name: str = "results") -> Path:
+                  threads: int | None = None, weights: str = "the shipped weights (`smcdiff/assets/digits`)",
+                  name: str = "results") -> Path:
     """Write ``{name}.md`` (the generated block; text outside its markers in an existing file is
     kept), ``{name}.png`` and ``{name}.json`` (every run, the command, seconds and torch threads)
     to ``folder``; returns the markdown path."""
@@ -312,7 +313,7 @@ def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: di
     (folder / f"{name}.json").write_text(json.dumps(
         {"config": asdict(cfg), "command": command, "seconds": seconds, "threads": threads,
          "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
-    block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds, threads)
+    block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds, threads, weights)
     path = folder / f"{name}.md"
     old = path.read_text() if path.exists() else ""
     if BEGIN in old and END in old:

@@ -123,12 +123,14 @@ def test_quick_table_counts_network_calls_exactly(quick):
 
 def test_quick_table_orders_the_base_curve(quick):
     """Known properties of the base sampler: 3 Heun steps are far worse than 24, and real images
-    beat every sampler."""
+    are more precise than any sampler's output. (At 200 samples FD itself is dominated by its
+    small-sample bias, about 13 even for real images, so the floor is checked on precision, whose
+    binomial standard error is about 0.03 here against a gap of about 0.14.)"""
     _, data = quick
     rows = {s.method: s for s in summarize([Run(**r) for r in data["runs"]])}
     assert rows["EDM Heun, 3 steps"].fd > 3 * rows["EDM Heun, 24 steps"].fd
-    real = rows["real images (train split)"].fd
-    assert all(real < s.fd for s in rows.values() if s.family == "base")
+    real = rows["real images (train split)"].precision
+    assert all(real > s.precision for s in rows.values() if s.family == "base")
 
 
 def test_from_json_re_renders_the_same_table(tmp_path, capsys):

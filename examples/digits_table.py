@@ -1,6 +1,6 @@
 """The digits table: every method on the shipped 8x8-digits model and discriminator at matched NFE.
 
-    python examples/digits_table.py            # the full table -> docs/results.md (about 15 min, 2 CPU cores)
+    python examples/digits_table.py            # the full table -> docs/results.md (about 20 min on one CPU core)
     python examples/digits_table.py --quick --out /tmp/table
 
 Same as ``smcdiff table`` (see ``smcdiff table --help``); the weights it uses ship in

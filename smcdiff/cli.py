@@ -192,7 +192,7 @@ what it does:
 
 examples:
   smcdiff table --quick --out /tmp/table        # about a minute on 2 CPU cores
-  smcdiff table                                 # the full table of docs/results.md (about 15 min)
+  smcdiff table                                 # the full table of docs/results.md (about 20 min)
   smcdiff table --seeds 0,1,2,3,4 --samples 2000 --out my_results
 """
 

@@ -55,3 +55,12 @@ def test_digits_table_example_is_the_table_command(capsys):
         sys.argv = argv
     assert err.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_dg_weight_sweep_runs(capsys):
+    spec = importlib.util.spec_from_file_location("dg_weight_sweep", SCRIPT.parent / "dg_weight_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--weights", "0", "2", "--samples", "60", "--seeds", "0", "--steps", "4"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |") or line.startswith("| 2 |")]
+    assert len(lines) == 2

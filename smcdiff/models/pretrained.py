@@ -13,8 +13,10 @@ is the recipe that made them (``smcdiff train digits-models --out DIR``), seeded
    split (real) against ``num_fake`` samples of the denoiser (EDM Heun, ``sample_steps`` steps),
    VP time importance-sampled, binary cross-entropy.
 
-``manifest.json`` records the recipe, the final losses and held-out checks (classifier test
-accuracy, discriminator accuracy on the test split against fresh samples).
+``manifest.json`` records the recipe, the final losses and checks: the classifier's test
+accuracy, and the discriminator's accuracy on the test split against fresh samples (held out)
+and on the first 359 training images against the first 359 of its fakes (seen in training); the
+gap between the two measures its over-fitting.
 
     >>> models = load_digits_models()
     >>> type(models.denoiser).__name__, type(models.discriminator).__name__, type(models.classifier).__name__
@@ -47,6 +49,10 @@ DIGITS_RECIPE: dict[str, Any] = {
     "discriminator": {"width": 16, "num_fake": 5000, "sample_steps": 18, "steps": 3000, "batch_size": 128,
                       "lr": 3e-4},
 }
+
+
+#: Noise levels of the discriminator accuracy checks in ``manifest.json``.
+SIGMAS = (0.002, 0.1, 0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -144,8 +150,9 @@ def train_digits_models(out, *, recipe: dict | None = None, progress: bool = Fal
                                       generator=torch.Generator().manual_seed(seed + 6), progress=progress)
     manifest["discriminator_bce_last_10pct"] = float(dloss[-max(1, len(dloss) // 10):].mean()) if len(dloss) else None
     fresh = _heun_samples(den, x_test.shape[0], s["sample_steps"], seed + 7)
-    manifest["discriminator_heldout_accuracy"] = {
-        str(sig): _disc_accuracy(disc, x_test, fresh, sig) for sig in (0.002, 0.1, 0.5, 2.0)}
+    n = x_test.shape[0]
+    manifest["discriminator_heldout_accuracy"] = {str(sig): _disc_accuracy(disc, x_test, fresh, sig) for sig in SIGMAS}
+    manifest["discriminator_train_accuracy"] = {str(sig): _disc_accuracy(disc, x[:n], fake[:n], sig) for sig in SIGMAS}
     manifest["seconds"] = round(time.perf_counter() - start, 1)
 
     for key, net in (("denoiser", den), ("discriminator", disc), ("classifier", clf)):

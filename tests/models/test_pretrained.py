@@ -73,6 +73,7 @@ def test_recipe_is_seeded_and_writes_a_loadable_folder(tmp_path):
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["recipe"]["denoiser"]["steps"] == 3 and "--recipe" in manifest["command"]
     assert set(manifest["discriminator_heldout_accuracy"]) == {"0.002", "0.1", "0.5", "2.0"}
+    assert set(manifest["discriminator_train_accuracy"]) == {"0.002", "0.1", "0.5", "2.0"}
 
 
 def test_bad_recipes_and_missing_files(tmp_path):

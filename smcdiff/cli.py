@@ -123,7 +123,9 @@ def _add_train(sub) -> None:
         "  smcdiff train digits-models --out my_digits     # remake smcdiff/assets/digits\n"
         "  smcdiff table --weights my_digits --out my_results\n",
     )
-    t.add_argument("what", choices=("denoiser", "discriminator", "classifier", "digits-models"), help="what to train")
+    t.add_argument("what", choices=("denoiser", "discriminator", "classifier", "digits-models"),
+                   help="what to train ('classifier' uses the options below, not the shipped recipe: "
+                   "digits-models makes the shipped classifier)")
     t.add_argument("--data", choices=DATASETS, help="training data (denoiser, discriminator; classifier: digits only)")
     t.add_argument("--out", required=True, metavar="PATH",
                    help="file for the state dict + config (a folder for digits-models)")
@@ -145,6 +147,13 @@ def _run_train(args) -> int:
 
     progress = not args.no_progress
     if args.what == "digits-models":
+        ignored = [flag for flag, value, default in (("--data", args.data, None), ("--denoiser", args.denoiser, None),
+                                                     ("--steps", args.steps, 2000), ("--batch", args.batch, 256),
+                                                     ("--lr", args.lr, None), ("--num-fake", args.num_fake, 5000))
+                   if value != default]
+        if ignored:
+            raise SystemExit(f"error: digits-models takes its settings from --recipe, not {', '.join(ignored)} "
+                             f"(e.g. --recipe '{{\"denoiser\": {{\"steps\": 6000}}}}')")
         from smcdiff.models.pretrained import train_digits_models
 
         import json
@@ -193,7 +202,7 @@ what it does:
 examples:
   smcdiff table --quick --out /tmp/table        # about a minute on 2 CPU cores
   smcdiff table                                 # the full table of docs/results.md (about 20 min)
-  smcdiff table --seeds 0,1,2,3,4 --samples 2000 --out my_results
+  smcdiff table --seeds 0,1,2,3,4 --samples 500 --out my_results
 """
 
 
@@ -219,6 +228,15 @@ def _add_table(sub) -> None:
     t.set_defaults(func=_run_table)
 
 
+def _load_models(folder):
+    from smcdiff.models.pretrained import load_digits_models
+
+    try:
+        return load_digits_models(folder)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def _weights_label(folder) -> dict:
     return {} if folder is None else {"weights": f"the weights in `{folder}`"}
 
@@ -229,14 +247,18 @@ def _run_table(args) -> int:
 
     import torch
 
-    from smcdiff.models.pretrained import load_digits_models
-    from smcdiff.table import TableConfig, format_markdown, read_results, run_table, summarize, write_results
+    from smcdiff.table import (TableConfig, check_results_folder, format_markdown, read_results, run_table, summarize,
+                               write_results)
 
     if args.from_json:
-        cfg, runs, record = read_results(args.from_json)
-        path = write_results(cfg, runs, args.out, manifest=load_digits_models(args.weights).manifest,
-                             command=record["command"], seconds=record["seconds"], threads=record["threads"],
-                             **_weights_label(args.weights))
+        try:
+            cfg, runs, record = read_results(args.from_json)
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: {err}") from None
+        manifest = record.get("manifest") or _load_models(args.weights).manifest
+        label = {"weights": record["weights"]} if "weights" in record else _weights_label(args.weights)
+        path = write_results(cfg, runs, args.out, manifest=manifest, command=record["command"],
+                             seconds=record["seconds"], threads=record["threads"], **label)
         print(f"re-rendered {path} and its .png/.json from {args.from_json}")
         return 0
     if args.threads:
@@ -256,7 +278,11 @@ def _run_table(args) -> int:
         cfg = dataclasses.replace(cfg, **changes)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    models = load_digits_models(args.weights)
+    models = _load_models(args.weights)
+    try:
+        check_results_folder(args.out)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     start = time.perf_counter()
     runs = run_table(cfg, models=models, progress=not args.no_progress)
     seconds = time.perf_counter() - start

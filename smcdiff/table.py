@@ -14,8 +14,9 @@ evaluation (:class:`~smcdiff.methods.base.CallCounter`), discriminator calls lik
 
 Each method gets two verdicts: against the base sampler at the *same steps*, and against the base
 sampler at *matched NFE* (the cheapest base run spending at least as many network evaluations per
-output). "better"/"worse" means the mean FD differs by more than two standard errors of the
-difference over seeds; otherwise "≈ (within noise)".
+output), for FD and for precision. "better"/"worse" means a two-sided t-test over seeds rejects
+"no difference" at the 5 % level (paired by seed, since runs with the same seed share their
+starting noise); otherwise "≈ (within noise)". With one seed there is no verdict.
 
     >>> cfg = TableConfig.quick()
     >>> cfg.num_samples, len(cfg.seeds), cfg.steps
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Run", "Summary", "TableConfig", "format_markdown", "method_specs", "plot_summary", "read_results",
+__all__ = ["Run", "Summary", "TableConfig", "check_results_folder", "format_markdown", "method_specs", "plot_summary", "read_results",
            "run_table", "summarize", "write_results"]
 
 
@@ -146,7 +147,7 @@ def _real_row(cfg: TableConfig, seed: int, scores: Callable) -> Run:
     n = min(cfg.num_samples, train.shape[0])
     idx = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     s = scores(train[idx])
-    return Run("real images (train split)", "real", 0, seed, 0.0, 0.0, 0.0, **s)
+    return Run(f"real images (train split, n = {n})", "real", 0, seed, 0.0, 0.0, 0.0, **s)
 
 
 def run_table(cfg: TableConfig | None = None, *, models=None, progress: bool = False) -> list[Run]:
@@ -191,22 +192,43 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
 
 
-def _verdict(m: Summary, b: Summary | None, key: str = "fd", lower_is_better: bool = True) -> str:
-    """Compare the seed means of ``key``: better/worse beyond 2 standard errors of the difference, else ≈."""
-    if b is None:
+def _verdict(m_runs: Sequence[Run], b_runs: Sequence[Run] | None, key: str = "fd",
+             lower_is_better: bool = True) -> str:
+    """Compare ``key`` between a method's runs and a base run's, by a two-sided t-test at 5 %.
+
+    Runs with the same seed share their starting noise, so when both cover the same seeds the
+    test is paired (the per-seed differences, n − 1 degrees of freedom); otherwise Welch's
+    standard error with min(n_m, n_b) − 1 degrees of freedom (conservative). The text gives the
+    mean difference ± its standard error; one seed gives no verdict.
+    """
+    if not b_runs:
         return "—"
-    sd_m, sd_b = getattr(m, key + "_std"), getattr(b, key + "_std")
-    se = math.sqrt(sd_m**2 / m.num_seeds + sd_b**2 / b.num_seeds)
-    diff = getattr(m, key) - getattr(b, key)
+    from scipy.stats import t as student_t
+
+    m = {r.seed: getattr(r, key) for r in m_runs}
+    b = {r.seed: getattr(r, key) for r in b_runs}
+    if set(m) == set(b):
+        d = torch.tensor([m[s] - b[s] for s in sorted(m)], dtype=torch.float64)
+        n = d.numel()
+        diff = float(d.mean())
+        se = float(d.std()) / math.sqrt(n) if n > 1 else 0.0
+    else:
+        mv, bv = (torch.tensor(list(v.values()), dtype=torch.float64) for v in (m, b))
+        n = min(mv.numel(), bv.numel())
+        diff = float(mv.mean() - bv.mean())
+        se = math.sqrt(sum(float(v.var()) / v.numel() for v in (mv, bv) if v.numel() > 1))
     digits = 2 if key == "fd" else 3
-    text = f"{b.steps} steps (Δ {diff:+.{digits}f} ± {se:.{digits}f})"
-    if se == 0 or abs(diff) <= 2 * se:
+    text = f"{b_runs[0].steps} steps (Δ {diff:+.{digits}f} ± {se:.{digits}f})"
+    if n < 2:
+        return f"n/a (1 seed): {text}"
+    significant = abs(diff) > student_t.ppf(0.975, n - 1) * se if se > 0 else diff != 0
+    if not significant:
         return f"≈ {text}"
     return f"{'better' if (diff < 0) == lower_is_better else 'worse'} than {text}"
 
 
 def summarize(runs: Sequence[Run]) -> list[Summary]:
-    """Mean ± std over seeds per method (in first-seen order), with the two FD verdicts."""
+    """Mean ± std over seeds per method (in first-seen order), with the verdicts of :func:`_verdict`."""
     order: dict[str, list[Run]] = {}
     for r in runs:
         order.setdefault(r.method, []).append(r)
@@ -223,10 +245,12 @@ def summarize(runs: Sequence[Run]) -> list[Summary]:
         if s.family not in ("base", "real"):
             same = next((b for b in base if b.steps == s.steps), None)
             matched = next((b for b in base if b.nfe >= s.nfe - 1e-9), None)
+            mine = order[s.method]
             beyond = f"no base run reaches {s.nfe:.0f} NFE"
-            s = replace(s, vs_same_steps=_verdict(s, same),
-                        vs_matched_nfe=_verdict(s, matched) if matched else beyond,
-                        precision_vs_matched_nfe=_verdict(s, matched, "precision", False) if matched else beyond)
+            s = replace(s, vs_same_steps=_verdict(mine, order[same.method]) if same else "—",
+                        vs_matched_nfe=_verdict(mine, order[matched.method]) if matched else beyond,
+                        precision_vs_matched_nfe=_verdict(mine, order[matched.method], "precision", False)
+                        if matched else beyond)
         final.append(s)
     return final
 
@@ -299,27 +323,45 @@ def _generated_block(cfg: TableConfig, summaries: Sequence[Summary], manifest: d
     ])
 
 
+def _block_span(path: Path) -> tuple[str | None, int, int]:
+    """``(text, start of BEGIN, start of END)`` of an existing results file (``(None, -1, -1)`` if none)."""
+    if not path.exists():
+        return None, -1, -1
+    old = path.read_text()
+    start = old.find(BEGIN)
+    stop = -1 if start < 0 else old.find(END, start)
+    if stop < 0:
+        raise ValueError(f"{path} exists without a {BEGIN} ... {END} block; move it away or add the markers")
+    return old, start, stop
+
+
+def check_results_folder(folder, name: str = "results") -> None:
+    """Raise ``ValueError`` now (before a long run) if :func:`write_results` would refuse ``folder``."""
+    _block_span(Path(folder) / f"{name}.md")
+
+
 def write_results(cfg: TableConfig, runs: Sequence[Run], folder, *, manifest: dict, command: str, seconds: float,
                   threads: int | None = None, weights: str = "the shipped weights (`smcdiff/assets/digits`)",
                   name: str = "results") -> Path:
-    """Write ``{name}.md`` (the generated block; text outside its markers in an existing file is
-    kept), ``{name}.png`` and ``{name}.json`` (every run, the command, seconds and torch threads)
-    to ``folder``; returns the markdown path."""
+    """Write ``{name}.md``, ``{name}.png`` and ``{name}.json`` to ``folder``; return the markdown path.
+
+    The markdown is the generated block between ``BEGIN`` and ``END``; in an existing file only
+    that block is replaced (text around it is kept), and an existing file without the markers is
+    refused rather than overwritten. The json holds every run, the command, seconds, torch
+    threads, the models' manifest and the ``weights`` label, so :func:`read_results` can re-render.
+    """
     folder = Path(folder)
+    path = folder / f"{name}.md"
+    old, start, stop = _block_span(path)
     folder.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads() if threads is None else threads
     summaries = summarize(runs)
     plot_summary(summaries, folder / f"{name}.png")
     (folder / f"{name}.json").write_text(json.dumps(
-        {"config": asdict(cfg), "command": command, "seconds": seconds, "threads": threads,
-         "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
+        {"config": asdict(cfg), "command": command, "seconds": seconds, "threads": threads, "weights": weights,
+         "manifest": manifest, "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
     block = _generated_block(cfg, summaries, manifest, f"{name}.png", command, seconds, threads, weights)
-    path = folder / f"{name}.md"
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        text = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        text = f"# Digits results\n\n{block}\n"
+    text = f"# Digits results\n\n{block}\n" if old is None else old[:start] + block + old[stop + len(END):]
     path.write_text(text)
     return path
 

@@ -27,16 +27,35 @@ def test_summary_means_stds_and_verdicts():
     rows = {s.method: s for s in summarize(fake_runs((5.0, 6.0, 7.0)))}
     pf = rows["pf"]
     assert pf.fd == pytest.approx(6.0) and pf.fd_std == pytest.approx(1.0) and pf.num_seeds == 3
-    # Same steps: base 9 has mean 11, std 1; Δ = −5, SE = sqrt(1/3 + 1/3).
-    se = math.sqrt(2 / 3)
-    assert pf.vs_same_steps == f"better than 9 steps (Δ -5.00 ± {se:.2f})"
-    # Matched NFE: the cheapest base run with NFE >= 34 is 36 steps (71 NFE, mean 5): Δ = +1 within 2 SE.
-    assert pf.vs_matched_nfe.startswith("≈ 36 steps (Δ +1.00")
-    # Precision is higher-is-better; equal constants give a zero standard error and "≈".
+    # Paired by seed: the differences from base 9 are exactly −5 each (no spread), so "better".
+    assert pf.vs_same_steps == "better than 9 steps (Δ -5.00 ± 0.00)"
+    # Matched NFE: the cheapest base run with NFE >= 34 is 36 steps (71 NFE).
+    assert pf.vs_matched_nfe.startswith("worse than 36 steps (Δ +1.00")
+    # Precision is higher-is-better; equal constants give "≈".
     assert pf.precision_vs_matched_nfe == "≈ 36 steps (Δ +0.000 ± 0.000)"
-    rows = {s.method: s for s in summarize(fake_runs((15.0, 16.0, 17.0)))}
-    assert rows["pf"].vs_matched_nfe.startswith("worse than 36 steps")
     assert rows["base 9"].vs_same_steps == ""
+
+
+@pytest.mark.parametrize("method_fds", [(10.5, 11.9, 11.8), (7.0, 11.5, 10.0), (8.0, 9.5, 10.2), (13.0, 11.2, 12.9)])
+def test_verdict_is_the_paired_t_test(method_fds):
+    """The verdict agrees with scipy's paired t-test at 5 % on the per-seed values."""
+    from scipy.stats import ttest_rel
+
+    base = (10.0, 11.0, 12.0)
+    pf = {s.method: s for s in summarize(fake_runs(method_fds, base))}["pf"]
+    p = ttest_rel(method_fds, base).pvalue
+    diff = sum(method_fds) / 3 - sum(base) / 3
+    expected = "≈" if p >= 0.05 else ("better" if diff < 0 else "worse")
+    assert pf.vs_same_steps.startswith(expected), (pf.vs_same_steps, p)
+
+
+def test_one_seed_gives_no_verdict_and_unpaired_seeds_use_welch():
+    one = [run("base 9", "base", 9, 0, 17.0, 10.0), run("pf", "pf", 9, 0, 17.0, 300.0)]
+    assert {s.method: s for s in summarize(one)}["pf"].vs_same_steps.startswith("n/a (1 seed)")
+    runs = [run("base 9", "base", 9, s, 17.0, fd) for s, fd in enumerate((10.0, 11.0, 12.0))]
+    runs += [run("pf", "pf", 9, s + 10, 17.0, fd) for s, fd in enumerate((10.5, 11.5, 12.5))]
+    # Different seeds: Welch SE = sqrt(1/3 + 1/3) = 0.82, t(2) critical 4.30: "≈".
+    assert {s.method: s for s in summarize(runs)}["pf"].vs_same_steps == "≈ 9 steps (Δ +0.50 ± 0.82)"
 
 
 def test_a_method_beyond_the_base_curve_says_so():
@@ -51,12 +70,23 @@ def test_results_file_keeps_the_text_around_its_block(tmp_path):
     path = write_results(cfg, runs, tmp_path, manifest={}, command="smcdiff table", seconds=60.0)
     text = path.read_text()
     assert BEGIN in text and END in text and "| pf | 9 | 34.0 |" in text
-    path.write_text("# Title\n\nmy analysis\n\n" + text[text.index(BEGIN):] + "\nmore words\n")
+    # Prose that mentions the END marker before the block must not confuse the rewrite.
+    path.write_text(f"# Title\n\nmy analysis ({END} closes the block)\n\n" + text[text.index(BEGIN):] + "\nmore words\n")
     write_results(cfg, fake_runs((1.0, 2.0, 3.0)), tmp_path, manifest={}, command="smcdiff table", seconds=1.0)
     text = path.read_text()
     assert text.startswith("# Title\n\nmy analysis") and text.endswith("more words\n")
+    assert text.count(BEGIN) == 1 and text.count(END) == 2
     assert "| 2.00 ± 1.00 |" in text and (tmp_path / "results.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 9
+
+
+def test_a_results_file_without_markers_is_refused(tmp_path):
+    (tmp_path / "results.md").write_text("my notes\n")
+    with pytest.raises(ValueError, match="without a"):
+        write_results(TableConfig.quick(), fake_runs((5.0, 6.0, 7.0)), tmp_path, manifest={}, command="c", seconds=1.0)
+    assert (tmp_path / "results.md").read_text() == "my notes\n"
+    with pytest.raises(SystemExit, match="without a"):  # the CLI says so before running anything
+        main(["table", "--quick", "--out", str(tmp_path)])
 
 
 def test_config_validation():
@@ -93,7 +123,7 @@ def test_quick_table_runs_every_method_on_every_seed(quick):
     cfg = TableConfig.quick()
     runs = [Run(**r) for r in data["runs"]]
     names = [s.name for s in method_specs(cfg)]
-    assert sorted({r.method for r in runs}) == sorted(["real images (train split)", *names])
+    assert sorted({r.method for r in runs}) == sorted(["real images (train split, n = 200)", *names])
     for name in names:
         assert sorted(r.seed for r in runs if r.method == name) == list(cfg.seeds)
     for r in runs:
@@ -129,15 +159,14 @@ def test_quick_table_orders_the_base_curve(quick):
     _, data = quick
     rows = {s.method: s for s in summarize([Run(**r) for r in data["runs"]])}
     assert rows["EDM Heun, 3 steps"].fd > 3 * rows["EDM Heun, 24 steps"].fd
-    real = rows["real images (train split)"].precision
+    real = rows["real images (train split, n = 200)"].precision
     assert all(real > s.precision for s in rows.values() if s.family == "base")
 
 
 def test_from_json_re_renders_the_same_table(tmp_path, capsys):
     cfg = TableConfig.quick()
-    write_results(cfg, fake_runs((5.0, 6.0, 7.0)), tmp_path / "a", manifest={}, command="smcdiff table --quick",
-                  seconds=90.0, threads=2)
+    write_results(cfg, fake_runs((5.0, 6.0, 7.0)), tmp_path / "a", manifest={"classifier_test_accuracy": 0.5},
+                  command="smcdiff table --quick", seconds=90.0, threads=2, weights="my weights")
     assert main(["table", "--from-json", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "b")]) == 0
     a, b = ((tmp_path / d / "results.md").read_text() for d in ("a", "b"))
-    table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
-    assert table(a) == table(b) and "torch threads: 2" in b and "1.5 min" in b
+    assert a == b and "torch threads: 2" in b and "1.5 min" in b and "Models: my weights" in b

@@ -55,3 +55,12 @@ def test_train_digits_models_cli_takes_a_recipe(tmp_path, capsys):
         main(["train", "digits-models", "--out", str(tmp_path), "--recipe", "{bad"])
     with pytest.raises(SystemExit, match="unknown recipe part"):
         main(["train", "digits-models", "--out", str(tmp_path), "--recipe", '{"nope": 1}'])
+
+
+def test_digits_models_refuses_per_network_options(tmp_path):
+    with pytest.raises(SystemExit, match="--steps"):
+        main(["train", "digits-models", "--out", str(tmp_path), "--steps", "50"])
+    with pytest.raises(SystemExit, match="must be a dict"):
+        main(["train", "digits-models", "--out", str(tmp_path), "--recipe", '{"denoiser": 5}'])
+    with pytest.raises(SystemExit, match="is a dict like"):
+        main(["train", "digits-models", "--out", str(tmp_path), "--recipe", "[1]"])

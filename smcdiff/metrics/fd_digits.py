@@ -67,11 +67,15 @@ class DigitsFeatures:
         return torch.cat(out).to(torch.float64)
 
     @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        """Class predictions ``(N,)`` long."""
-        images = torch.as_tensor(images).to(torch.float32).clamp(-1, 1)
+    def classes_of(self, features: Tensor) -> Tensor:
+        """Predicted classes ``(N,)`` long from features ``(N, D)`` made by this extractor."""
         device = next(self.classifier.parameters()).device
-        return torch.cat([self.classifier(b.to(device)).argmax(1).cpu() for b in images.split(self.batch_size)])
+        feats = torch.as_tensor(features).to(device, torch.float32)
+        return torch.cat([self.classifier.head(b).argmax(1).cpu() for b in feats.split(self.batch_size)])
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Class predictions ``(N,)`` long (inputs checked as by ``__call__``)."""
+        return self.classes_of(self(images))
 
 
 def reference_features(features: DigitsFeatures, split: str = "test") -> Tensor:
@@ -102,9 +106,10 @@ def digits_scores(samples: Tensor, *, features: DigitsFeatures | None = None, sp
     """FD-digits, precision and recall (k-NN, features), and the fraction of each predicted class.
 
     Returns ``{"fd": ..., "precision": ..., "recall": ..., "class_tv": ...}``; ``class_tv`` is the
-    total-variation distance between the predicted-class histogram of ``samples`` and that of the
-    reference split (0 when the model draws the classes in the data's proportions).
-    ``ref_features`` (``(M, D)``, precomputed from ``split``) saves recomputing them.
+    total-variation distance between the predicted-class histograms of ``samples`` and of the
+    reference (0 when the model draws the classes in the data's proportions). The reference is
+    ``ref_features`` (``(M, D)``, made by ``features``) if given, else the features of ``split``;
+    every score, the class histogram included, uses that one reference.
     """
     features = DigitsFeatures() if features is None else features
     ref = reference_features(features, split) if ref_features is None else torch.as_tensor(ref_features)
@@ -114,11 +119,8 @@ def digits_scores(samples: Tensor, *, features: DigitsFeatures | None = None, sp
     mu, sigma = feature_statistics(feats.numpy())
     mu_ref, sigma_ref = feature_statistics(ref.numpy())
     pr: PrecisionRecall = precision_recall(ref, feats, k=k)
-    from smcdiff.data import load_digits
-
     n_classes = int(features.classifier.config["kwargs"]["num_classes"])
-    hist = torch.bincount(features.predict(samples), minlength=n_classes).double() / feats.shape[0]
-    ref_hist = torch.bincount(features.predict(load_digits(split)[0]), minlength=n_classes).double()
-    ref_hist = ref_hist / ref_hist.sum()
+    hist = torch.bincount(features.classes_of(feats), minlength=n_classes).double() / feats.shape[0]
+    ref_hist = torch.bincount(features.classes_of(ref), minlength=n_classes).double() / ref.shape[0]
     return {"fd": max(frechet_distance(mu, sigma, mu_ref, sigma_ref), 0.0), "precision": float(pr.precision),
             "recall": float(pr.recall), "class_tv": float(0.5 * (hist - ref_hist).abs().sum())}

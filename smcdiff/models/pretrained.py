@@ -81,9 +81,14 @@ def load_digits_models(folder=None) -> DigitsModels:
 
 def _merge(recipe: dict, overrides: dict | None) -> dict:
     out = copy.deepcopy(recipe)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"a recipe override is a dict like {{'denoiser': {{'steps': 6000}}}}, got {overrides!r}")
     for part, values in (overrides or {}).items():
         if part not in out:
             raise ValueError(f"unknown recipe part {part!r}; expected one of {sorted(out)}")
+        if isinstance(out[part], dict) != isinstance(values, dict) or (
+                not isinstance(values, dict) and not isinstance(values, type(out[part]))):
+            raise ValueError(f"recipe part {part!r} must be a {type(out[part]).__name__}, got {values!r}")
         if isinstance(values, dict):
             unknown = set(values) - set(out[part])
             if unknown:

@@ -75,6 +75,18 @@ def test_bad_input_is_refused(features, bad, match):
         fd_digits(bad, features=features)
 
 
+def test_predict_checks_its_input(features):
+    with pytest.raises(ValueError, match="NaN"):
+        features.predict(torch.full((3, 1, 8, 8), float("nan")))
+
+
+def test_class_histogram_uses_the_given_reference(features):
+    """With the training split's features as reference, the training split scores TV 0 and FD 0."""
+    train, _ = load_digits("train")
+    s = digits_scores(train, features=features, ref_features=reference_features(features, "train"))
+    assert s["class_tv"] == 0.0 and s["fd"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_too_few_samples(features):
     with pytest.raises(ValueError, match="at least 2"):
         fd_digits(torch.zeros(1, 1, 8, 8), features=features)

@@ -71,7 +71,7 @@ from smcdiff.kernels.edm import EDMHeun
 from smcdiff.kernels.steps import churn, heun_step
 from smcdiff.methods.base import CallCounter, MethodResult, initial_latents, validate_common
 from smcdiff.methods.restart import (
-    IMAGENET64_RESTART, attach_restarts, restart_gamma_at, restart_grid, restart_jump, restart_step,
+    IMAGENET64_RESTART, ScheduleOp, attach_restarts, restart_jump, restart_schedule, restart_step,
 )
 from smcdiff.resampling import Resampler, get_scheme, multinomial
 from smcdiff.types import Tensor
@@ -96,45 +96,23 @@ def default_resample_at(num_steps: int) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- the plan
 
 
-class _Op(NamedTuple):
-    """One engine step: a main EDM step ``index`` or restart step ``index`` of ``grid``."""
-
-    kind: str  # "main" | "restart"
-    index: int
-    grid: Tensor | None = None
-    jump: bool = False
-    gamma: float = 0.0
-
-
 class _Plan(NamedTuple):
-    ops: list  # of _Op
+    ops: list  # of ScheduleOp
     events: dict  # op index after which an event happens -> main-grid index j of its σ_j
     forced: frozenset  # op indices of main steps that get the forced churn (when their group resampled)
 
 
 def _edm_plan(N: int, resample_at) -> _Plan:
-    ops = [_Op("main", i) for i in range(N)]
+    ops = [ScheduleOp("main", i) for i in range(N)]
     events = {i - 1: i for i in resample_at}
     return _Plan(ops, events, frozenset(resample_at))
 
 
 def _restart_plan(sigmas: Tensor, intervals, restart_gamma: float, S_min: float, S_max: float,
                   with_events: bool) -> _Plan:
-    attached = attach_restarts(sigmas, intervals)
-    ops, events = [], {}
-    for i in range(len(sigmas) - 1):
-        ops.append(_Op("main", i))
-        iv = attached.get(i + 1)
-        if iv is None:
-            continue
-        t_j = float(sigmas[i + 1])
-        grid = restart_grid(t_j, iv)
-        for _ in range(iv.repeats):
-            if with_events:
-                events[len(ops) - 1] = i + 1  # resample at σ_j before each repeat
-            for m in range(iv.num_steps - 1):
-                gamma = restart_gamma_at(float(grid[m]), restart_gamma, S_min, S_max)
-                ops.append(_Op("restart", m, grid, m == 0, gamma))
+    ops = restart_schedule(sigmas, attach_restarts(sigmas, intervals), restart_gamma, S_min, S_max)
+    # Resample at σ_j before each repeat, i.e. after the op that precedes its jump.
+    events = {k - 1: op.j for k, op in enumerate(ops) if op.jump} if with_events else {}
     return _Plan(ops, events, frozenset())
 
 

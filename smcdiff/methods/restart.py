@@ -54,7 +54,7 @@ from smcdiff.types import Tensor
 
 __all__ = [
     "RestartInterval", "parse_restart", "format_restart", "check_restart", "restart_nfe", "attach_restarts",
-    "restart_grid", "restart_jump", "restart_step", "restart_sampler",
+    "restart_grid", "restart_jump", "restart_step", "restart_sampler", "restart_schedule", "ScheduleOp",
     "IMAGENET64_RESTART_SPEC", "FFHQ64_RESTART_SPEC", "IMAGENET64_RESTART", "FFHQ64_RESTART",
 ]
 
@@ -216,6 +216,39 @@ def restart_gamma_at(t: float, restart_gamma: float, S_min: float, S_max: float)
     return restart_gamma if S_min <= t <= S_max else 0.0
 
 
+class ScheduleOp(NamedTuple):
+    """One step of a schedule with restarts: main Heun step ``index`` of ``sigmas``, or Heun step
+    ``index`` of the restart ``grid`` with churn ``gamma``. ``jump``: the forward jump
+    ``grid[-1] → grid[0]`` (σ_j → t_max, both exact) comes first; ``j`` is the main-grid index of
+    the σ_j a restart op returns to."""
+
+    kind: str  # "main" | "restart"
+    index: int
+    grid: Tensor | None = None
+    jump: bool = False
+    gamma: float = 0.0
+    j: int = -1
+
+
+def restart_schedule(sigmas: Tensor, attached: Mapping[int, RestartInterval], restart_gamma: float,
+                     S_min: float, S_max: float) -> list[ScheduleOp]:
+    """The steps of the Restart sampler in order: each main step ``i``, then, if an interval is
+    attached at ``i + 1`` (:func:`attach_restarts`), its ``repeats`` × (jump + ``num_steps − 1``
+    restart steps)."""
+    ops = []
+    for i in range(len(sigmas) - 1):
+        ops.append(ScheduleOp("main", i))
+        iv = attached.get(i + 1)
+        if iv is None:
+            continue
+        grid = restart_grid(float(sigmas[i + 1]), iv)
+        for _ in range(iv.repeats):
+            for m in range(iv.num_steps - 1):
+                gamma = restart_gamma_at(float(grid[m]), restart_gamma, S_min, S_max)
+                ops.append(ScheduleOp("restart", m, grid, m == 0, gamma, i + 1))
+    return ops
+
+
 def restart_sampler(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
                     restart=IMAGENET64_RESTART, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
                     S_noise: float = 1.0, restart_gamma: float = 0.05, cond: Mapping[str, Tensor] | None = None,
@@ -237,25 +270,18 @@ def restart_sampler(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape
     cond = _check_flat_cond(cond, num_samples)
     D = CallCounter(denoiser)
     x = sigmas[0] * initial_latents(x_init, (num_samples,), shape, generator)
-    steps = range(len(sigmas) - 1)
+    ops = restart_schedule(sigmas, attached, restart_gamma, S_min, S_max)
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="restart", leave=False)
-    for i in steps:
-        # Main Heun step.
-        x = kernel(D, x, sigmas, i, generator, cond).x
-        iv = attached.get(i + 1)
-        if iv is None:
+        ops = tqdm(ops, desc="restart", leave=False)
+    for op in ops:
+        if op.kind == "main":
+            x = kernel(D, x, sigmas, op.index, generator, cond).x
             continue
-        t_j = float(sigmas[i + 1])
-        grid = restart_grid(t_j, iv)
-        for _ in range(iv.repeats):
-            # Restart: jump up to t_max, then come back down to σ_j.
-            x = restart_jump(x, t_j, iv.t_max, S_noise, generator)
-            for m in range(iv.num_steps - 1):
-                gamma = restart_gamma_at(float(grid[m]), restart_gamma, S_min, S_max)
-                x = restart_step(D, x, grid, m, gamma, S_noise, generator, cond).x
+        if op.jump:  # restart: jump up to t_max, then come back down to σ_j
+            x = restart_jump(x, float(op.grid[-1]), float(op.grid[0]), S_noise, generator)
+        x = restart_step(D, x, op.grid, op.index, op.gamma, S_noise, generator, cond).x
     return MethodResult(x=x, nfe=D.count / num_samples, diagnostics={"attached": dict(attached)})
 
 

@@ -32,7 +32,7 @@ from smcdiff.models.edm_layers import (
     PositionalEmbedding,
     UNetBlock,
 )
-from smcdiff.models.song_unet import check_resolution
+from smcdiff.models.song_unet import add_decoder_level, check_resolution
 
 __all__ = ["DhariwalUNet"]
 
@@ -98,15 +98,9 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=(res in attn_resolutions), **block_kwargs)
+            cout = add_decoder_level(self.dec, res, level == len(channel_mult) - 1, num_blocks, cout,
+                                     model_channels * mult, skips, lambda idx, res=res: res in attn_resolutions,
+                                     block_kwargs)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, kernel=3, **init_zero)
 

@@ -23,7 +23,7 @@ The two published variants differ only in their options:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +41,25 @@ from smcdiff.models.edm_layers import (
 __all__ = ["SongUNet"]
 
 Tensor = torch.Tensor
+
+
+def add_decoder_level(dec: nn.ModuleDict, res: int, top: bool, num_blocks: int, cin: int, cout: int,
+                      skips: list, attention: Callable[[int], bool], block_kwargs: dict) -> int:
+    """Add one level of EDM's U-Net decoder to ``dec`` (the layout SongUNet and DhariwalUNet share).
+
+    ``top`` (the lowest resolution): ``in0`` (with attention) and ``in1`` blocks, else an ``up``
+    block; then ``num_blocks + 1`` blocks, each taking the next skip popped from ``skips``, with
+    attention where ``attention(idx)``. ``cin`` channels come in; returns ``cout``.
+    """
+    if top:
+        dec[f"{res}x{res}_in0"] = UNetBlock(cin, cin, attention=True, **block_kwargs)
+        dec[f"{res}x{res}_in1"] = UNetBlock(cin, cin, **block_kwargs)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(cin, cin, up=True, **block_kwargs)
+    for idx in range(num_blocks + 1):
+        dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin + skips.pop(), cout, attention=attention(idx), **block_kwargs)
+        cin = cout
+    return cout
 
 
 def check_resolution(img_resolution: int, num_levels: int, who: str) -> None:
@@ -141,16 +160,9 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn,
-                                                                **block_kwargs)
+            cout = add_decoder_level(self.dec, res, level == len(channel_mult) - 1, num_blocks, cout,
+                                     model_channels * mult, skips,
+                                     lambda idx, res=res: idx == num_blocks and res in attn_resolutions, block_kwargs)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(

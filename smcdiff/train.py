@@ -71,18 +71,14 @@ def train_discriminator_on(name: str, denoiser_path, out, *, steps: int = 2000, 
                            sample_steps: int = 18, progress: bool = False):
     """DG's recipe: real data against samples of the trained denoiser (EDM Heun, ``sample_steps``);
     saves the discriminator to ``out`` and returns it."""
-    from smcdiff.methods import dg
     from smcdiff.models.small_nets import TimeDiscriminator, load, save
-    from smcdiff.models.training import train_discriminator
-    from smcdiff.kernels import karras_sigmas
+    from smcdiff.models.training import model_samples, train_discriminator
 
     real = load_data(name, num_data, seed)
-    den = load(denoiser_path)
-    with torch.no_grad():
-        fake = dg(den, karras_sigmas(sample_steps), num_samples=num_fake, shape=tuple(real.shape[1:]),
-                  generator=torch.Generator().manual_seed(seed + 2)).x
+    fake = model_samples(load(denoiser_path), num_fake, steps=sample_steps,
+                         generator=torch.Generator().manual_seed(seed + 2))
     disc = TimeDiscriminator(tuple(real.shape[1:]), generator=torch.Generator().manual_seed(seed + 3))
-    disc, _ = train_discriminator(disc, real.to(torch.float32), fake.to(torch.float32), steps=steps,
+    disc, _ = train_discriminator(disc, real.to(torch.float32), fake, steps=steps,
                                   batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed + 4),
                                   progress=progress)
     save(disc, out)

@@ -100,16 +100,6 @@ def _merge(recipe: dict, overrides: dict | None) -> dict:
 
 
 @torch.no_grad()
-def _heun_samples(denoiser, n: int, steps: int, seed: int) -> torch.Tensor:
-    from smcdiff.kernels import karras_sigmas
-    from smcdiff.methods import dg
-
-    out = dg(denoiser, karras_sigmas(steps), num_samples=n, shape=tuple(denoiser.event_shape),
-             generator=torch.Generator().manual_seed(seed))
-    return out.x.to(torch.float32)
-
-
-@torch.no_grad()
 def _disc_accuracy(disc, real: torch.Tensor, fake: torch.Tensor, sigma: float) -> float:
     s = torch.full((1,), sigma)
     right = torch.cat([disc(real, s) > 0, disc(fake, s) <= 0])
@@ -121,7 +111,7 @@ def train_digits_models(out, *, recipe: dict | None = None, progress: bool = Fal
     e.g. ``{"denoiser": {"steps": 50}}``), save them and a manifest to ``out``; return them."""
     from smcdiff.data import load_digits
     from smcdiff.models.small_nets import ConvDenoiser, ConvTimeDiscriminator, DigitsClassifier, save
-    from smcdiff.models.training import train_classifier, train_denoiser, train_discriminator
+    from smcdiff.models.training import model_samples, train_classifier, train_denoiser, train_discriminator
 
     r = _merge(DIGITS_RECIPE, recipe)
     seed = int(r["seed"])
@@ -149,12 +139,13 @@ def train_digits_models(out, *, recipe: dict | None = None, progress: bool = Fal
         manifest["classifier_test_accuracy"] = float((clf(x_test).argmax(1) == y_test).float().mean())
 
     s = r["discriminator"]
-    fake = _heun_samples(den, s["num_fake"], s["sample_steps"], seed + 4)
+    fake = model_samples(den, s["num_fake"], steps=s["sample_steps"], generator=torch.Generator().manual_seed(seed + 4))
     disc = ConvTimeDiscriminator(width=s["width"], generator=torch.Generator().manual_seed(seed + 5))
     disc, dloss = train_discriminator(disc, x, fake, steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
                                       generator=torch.Generator().manual_seed(seed + 6), progress=progress)
     manifest["discriminator_bce_last_10pct"] = float(dloss[-max(1, len(dloss) // 10):].mean()) if len(dloss) else None
-    fresh = _heun_samples(den, x_test.shape[0], s["sample_steps"], seed + 7)
+    fresh = model_samples(den, x_test.shape[0], steps=s["sample_steps"],
+                          generator=torch.Generator().manual_seed(seed + 7))
     n = x_test.shape[0]
     manifest["discriminator_heldout_accuracy"] = {str(sig): _disc_accuracy(disc, x_test, fresh, sig) for sig in SIGMAS}
     manifest["discriminator_train_accuracy"] = {str(sig): _disc_accuracy(disc, x[:n], fake[:n], sig) for sig in SIGMAS}

@@ -42,6 +42,7 @@ __all__ = [
     "edm_loss",
     "importance_vp_time",
     "sample_vp_time",
+    "model_samples",
     "train_classifier",
     "train_denoiser",
     "train_discriminator",
@@ -197,6 +198,18 @@ def importance_vp_time(u: Tensor, t_min: float = 1e-5, beta_min: float = VP_BETA
 def sample_vp_time(n: int, generator: torch.Generator, t_min: float = 1e-5) -> Tensor:
     """``n`` importance-sampled VP times ``(n,)`` float64 (:func:`importance_vp_time` of U(0, 1) draws)."""
     return importance_vp_time(_rng.rand((n,), _one_generator(generator)), t_min)
+
+
+@torch.no_grad()
+def model_samples(denoiser, num: int, *, steps: int, generator: torch.Generator) -> Tensor:
+    """``num`` samples ``(num, *denoiser.event_shape)`` float32 of ``denoiser`` by the deterministic
+    EDM Heun sampler with ``steps`` steps: the "fake" set DG trains its discriminator on."""
+    from smcdiff.kernels import karras_sigmas
+    from smcdiff.methods import dg
+
+    out = dg(denoiser, karras_sigmas(steps), num_samples=num, shape=tuple(denoiser.event_shape),
+             generator=_one_generator(generator))
+    return out.x.to(torch.float32)
 
 
 def discriminator_loss(disc, real: Tensor, fake: Tensor, generator: torch.Generator, t_min: float = 1e-5) -> Tensor:

@@ -12,6 +12,8 @@ separately (see :func:`evaluate_terms`). Built in:
 * :class:`GaussianLikelihood` — log N(y; A x̂0, R + c_σ A Aᵀ) for linear inverse problems.
 * :class:`Sum`, :class:`Scale`, :class:`Window` — composition; :func:`program` — a Pyro program
   whose ``pyro.factor`` statements are the terms.
+* :func:`log_values`, :func:`num_samples` — the checks the built-ins apply to what they return
+  (one log-value per sample, never NaN or +inf; −inf is a weight of zero), for custom potentials.
 
     >>> import torch
     >>> from smcdiff.weights import Sum, Scale, Window, RewardPotential
@@ -25,8 +27,10 @@ from smcdiff.weights.gaussian import GaussianLikelihood
 from smcdiff.weights.programs import Program, program
 from smcdiff.weights.ratio import DG_CLIP, PF_CLIP, DensityRatio, log_ratio_from_prob
 from smcdiff.weights.reward import RewardPotential
+from smcdiff.weights.values import log_values, num_samples
 
 __all__ = [
     "GaussianLikelihood", "DensityRatio", "log_ratio_from_prob", "DG_CLIP", "PF_CLIP", "DetectorLikelihood",
     "RewardPotential", "Sum", "Scale", "Window", "evaluate_terms", "potential_name", "program", "Program",
+    "log_values", "num_samples",
 ]

@@ -20,7 +20,8 @@ return zeros under the right names without evaluating their child (:func:`static
   child whose terms have no ``term_names`` (a :func:`~smcdiff.weights.program`), so it evaluates
   such a child and returns zeros.
 * :func:`evaluate_terms` — what the sampler calls: ``(value (N,), {name: (N,)})`` in float64, with
-  the shapes checked and NaN refused.
+  the shapes checked and NaN / +inf refused, naming the potential and the term (one host read;
+  ``check_finite=False`` skips it for a caller that checks the values itself).
 
 With the sampler's ``"difference"`` form (log w += V_new − V_old) a window makes the weight jump
 by V when a particle enters it; the weights still telescope to the final V.
@@ -46,7 +47,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from smcdiff.checks import check_real
 from smcdiff.types import Tensor
+from smcdiff.weights.values import check_factor, check_log_terms, log_values, num_samples
 
 __all__ = ["Sum", "Scale", "Window", "evaluate_terms", "potential_name", "static_term_names"]
 
@@ -66,19 +69,10 @@ def potential_name(potential, default: str = "potential") -> str:
     return default
 
 
-def _check_value(v, N: int, who: str) -> Tensor:
-    """Return ``v`` as float64 after checking it is a tensor of shape (N,)."""
-    if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"{who} must return one log-value per sample, a tensor of shape ({N},), got {got}")
-    return v.to(torch.float64)
-
-
-def _num(x) -> int:
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (N, *event), got {got}")
-    return x.shape[0]
+def _shape_checked(v, N: int, who: str) -> Tensor:
+    """``v`` as float64 (N,), shape checked only: composites pass their children's values on,
+    and :func:`evaluate_terms` checks the values once at the top."""
+    return log_values(v, N, who, check_finite=False)
 
 
 def _has_terms(potential) -> bool:
@@ -107,12 +101,12 @@ def _zero_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tenso
     names = static_term_names(potential, name)
     if names is None:
         names = tuple(_raw_terms(potential, name, x, sigma, x0_hat, cond))
-    return {k: torch.zeros(_num(x), dtype=torch.float64, device=x.device) for k in names}
+    return {k: torch.zeros(num_samples(x), dtype=torch.float64, device=x.device) for k in names}
 
 
 def _raw_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tensor]:
     """The terms of ``potential``, or ``{name: value}`` when it has none; shape-checked, float64."""
-    N = _num(x)
+    N = num_samples(x)
     who = f"potential {name!r}"
     if _has_terms(potential):
         terms = potential.terms(x, sigma, x0_hat, **cond)
@@ -122,28 +116,29 @@ def _raw_terms(potential, name: str, x, sigma, x0_hat, cond) -> dict[str, Tensor
         for key, v in terms.items():
             if not isinstance(key, str) or not key:
                 raise ValueError(f"{who}.terms must use non-empty string names, got {key!r}")
-            out[key] = _check_value(v, N, f"{who}.terms[{key!r}]")
+            out[key] = _shape_checked(v, N, f"{who}.terms[{key!r}]")
         return out
-    return {name: _check_value(potential(x, sigma, x0_hat, **cond), N, who)}
+    return {name: _shape_checked(potential(x, sigma, x0_hat, **cond), N, who)}
 
 
-def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor,
-                   **cond) -> tuple[Tensor, dict[str, Tensor]]:
+def evaluate_terms(potential: Callable, x: Tensor, sigma: Tensor, x0_hat: Tensor, *,
+                   check_finite: bool = True, **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """Evaluate a potential and its named terms: ``-> (value : (N,), {name: (N,)})``, float64.
 
     Uses ``potential.terms`` when it exists (value = sum of the terms), else
     ``potential(...)`` recorded as one term named by :func:`potential_name`. ``x : (N, *event)``,
     ``sigma : (N,)``, ``x0_hat : (N, *event)``. Raises ``ValueError`` naming the potential when
-    an output is not a tensor of shape (N,) or contains NaN (−inf is allowed: zero weight).
+    an output is not a tensor of shape (N,), or (unless ``check_finite=False``, which saves the
+    one host read) contains NaN or +inf (−inf is allowed: zero weight).
     """
     if not callable(potential):
         raise TypeError(f"potential must be callable as V(x, sigma, x0_hat, **cond) -> (N,), got {potential!r}")
     name = potential_name(potential)
     terms = _raw_terms(potential, name, x, sigma, x0_hat, cond)
-    value = torch.zeros(_num(x), dtype=torch.float64, device=x.device)
-    for key, v in terms.items():
-        if bool(torch.isnan(v).any()):
-            raise ValueError(f"potential {name!r} returned NaN in term {key!r} (use -inf for zero weight)")
+    if check_finite:
+        check_log_terms(terms, f"potential {name!r}")
+    value = torch.zeros(num_samples(x), dtype=torch.float64, device=x.device)
+    for v in terms.values():
         value = value + v
     return value, terms
 
@@ -167,10 +162,10 @@ class Sum:
         self.potentials, self.names, self.name = tuple(potentials), names, name
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
-        N = _num(x)
+        N = num_samples(x)
         total = torch.zeros(N, dtype=torch.float64, device=x.device)
         for p, n in zip(self.potentials, self.names):
-            total = total + _check_value(p(x, sigma, x0_hat, **cond), N, f"potential {n!r}")
+            total = total + _shape_checked(p(x, sigma, x0_hat, **cond), N, f"potential {n!r}")
         return total
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
@@ -198,16 +193,6 @@ class Sum:
         return f"Sum({', '.join(self.names)})"
 
 
-def _scaled(lam: float, v: Tensor) -> Tensor:
-    return torch.zeros_like(v) if lam == 0 else lam * v
-
-
-def _check_lam(lam) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-        raise ValueError(f"lam must be a finite number, got {lam!r}")
-    return float(lam)
-
-
 class Scale:
     """λ·V(x, sigma, x0_hat, **cond); λ a finite float (0 → exactly 0, V not evaluated).
 
@@ -219,20 +204,20 @@ class Scale:
     def __init__(self, potential: Callable, lam: float, name: str | None = None):
         if not callable(potential):
             raise TypeError(f"Scale: potential must be callable as V(x, sigma, x0_hat, **cond), got {potential!r}")
-        self.potential, self.lam = potential, _check_lam(lam)
+        self.potential, self.lam = potential, check_factor(lam)
         self.name = name or potential_name(potential, "scaled")
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
-        N = _num(x)
+        N = num_samples(x)
         if self.lam == 0:
             return torch.zeros(N, dtype=torch.float64, device=x.device)
-        return self.lam * _check_value(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
+        return self.lam * _shape_checked(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
         if self.lam == 0:
-            return {k: torch.zeros(_num(x), dtype=torch.float64, device=x.device) for k in self.term_names or ()}
+            return {k: torch.zeros(num_samples(x), dtype=torch.float64, device=x.device) for k in self.term_names or ()}
         child = _raw_terms(self.potential, self.name, x, sigma, x0_hat, cond)
-        return {k: _scaled(self.lam, v) for k, v in child.items()}
+        return {k: self.lam * v for k, v in child.items()}
 
     @property
     def term_names(self) -> tuple[str, ...] | None:
@@ -255,8 +240,9 @@ class Window:
     def __init__(self, potential: Callable, sigma_min: float = 0.0, sigma_max: float = math.inf, name: str | None = None):
         if not callable(potential):
             raise TypeError(f"Window: potential must be callable as V(x, sigma, x0_hat, **cond), got {potential!r}")
-        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-        if not (0.0 <= sigma_min <= sigma_max) or math.isnan(sigma_max):
+        sigma_min = check_real(sigma_min, "Window: sigma_min", low=0.0)
+        sigma_max = check_real(sigma_max, "Window: sigma_max", low=0.0, allow_inf=True)
+        if not sigma_min <= sigma_max:
             raise ValueError(f"Window needs 0 <= sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.potential, self.sigma_min, self.sigma_max = potential, sigma_min, sigma_max
         self.name = name or potential_name(potential, "windowed")
@@ -271,16 +257,16 @@ class Window:
         return (s >= self.sigma_min) & (s <= self.sigma_max)
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
-        N = _num(x)
+        N = num_samples(x)
         inside = self.mask(sigma, N).to(x.device)
         zero = torch.zeros(N, dtype=torch.float64, device=x.device)
         if not bool(inside.any()):
             return zero
-        v = _check_value(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
+        v = _shape_checked(self.potential(x, sigma, x0_hat, **cond), N, f"potential {self.name!r}")
         return torch.where(inside, v, zero)
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
-        N = _num(x)
+        N = num_samples(x)
         inside = self.mask(sigma, N).to(x.device)
         if not bool(inside.any()):
             return _zero_terms(self.potential, self.name, x, sigma, x0_hat, cond)

@@ -25,7 +25,10 @@ group each, as :func:`smcdiff.sample` lays them out) when ``group_size`` is give
 over DETR queries of the softmax class probabilities), or log-probabilities with
 ``log_probs=True``. Probabilities are clamped to [``eps``, 1] with ``eps = 1e-6`` before taking
 logs, so a missed object costs at most log(1e-6) ≈ −13.8 per object instead of −∞; the
-log-probability path needs no clamp. ``terms`` gives one term per object, named
+log-probability path needs no clamp. A detector output that is not a probability (outside
+[0, 1], or a log-probability above 0, e.g. logits) or NaN raises a ``ValueError`` naming the
+potential; ``clip_range=True`` clamps out-of-range values into range instead (NaN is refused
+either way). ``terms`` gives one term per object, named
 ``"object:<class index>"``.
 
     >>> import torch
@@ -43,13 +46,13 @@ log-probability path needs no clamp. ``terms`` gives one term per object, named
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 
 import torch
 
+from smcdiff.checks import check_int, check_real
 from smcdiff.types import Tensor
-from smcdiff.weights.compose import _num
+from smcdiff.weights.values import check_probabilities, log_values, num_samples
 
 __all__ = ["DetectorLikelihood"]
 
@@ -58,38 +61,37 @@ class DetectorLikelihood:
     """Σ_c [log p_c − log((1 − p_c)·q̃_c + p_c)] over the prompt's objects, on x̂0 (see module doc).
 
     ``DetectorLikelihood(detector, objects, occurrence=None, prior=0.2, *, eps=1e-6,
-    threshold=0.5, group_size=None, log_probs=False, name="detector")``: ``detector(x0_hat) ->
-    (N, C)``; ``objects`` distinct class indices; ``occurrence`` None, ``(len(objects),)`` rates in
+    threshold=0.5, group_size=None, log_probs=False, clip_range=False, name="detector")``:
+    ``detector(x0_hat) -> (N, C)`` (``clip_range=True`` clamps values out of range, see the module doc); ``objects`` distinct class indices; ``occurrence`` None, ``(len(objects),)`` rates in
     [0, 1], or ``occurrence(sigma) -> (len(objects),) | (N, len(objects))``; ``prior`` π in (0, 1).
     Call: ``(x, sigma : (N,), x0_hat : (N, *event), **cond) -> (N,)`` float64.
     """
 
     def __init__(self, detector: Callable, objects: Sequence[int], occurrence=None, prior: float = 0.2, *,
                  eps: float = 1e-6, threshold: float = 0.5, group_size: int | None = None,
-                 log_probs: bool = False, name: str = "detector"):
+                 log_probs: bool = False, clip_range: bool = False, name: str = "detector"):
         if not callable(detector):
             raise TypeError(f"detector must be callable as detector(x0_hat) -> (N, C) probabilities, got {detector!r}")
         try:
-            objs = [operator.index(c) for c in (objects.tolist() if isinstance(objects, torch.Tensor) else objects)]
+            objs = [check_int(c, "object") for c in (objects.tolist() if isinstance(objects, torch.Tensor) else objects)]
         except TypeError:
             objs = []
         if not objs or any(c < 0 for c in objs):
             raise ValueError(f"objects must be a non-empty list of class indices (ints >= 0), got {objects!r}")
         if len(set(objs)) != len(objs):
             raise ValueError(f"objects must be distinct class indices, got {objs}")
-        if not (0.0 < prior < 1.0):
-            raise ValueError(f"prior must be in (0, 1), got {prior!r}")
-        if not (0.0 < eps < 1.0):
-            raise ValueError(f"eps must be in (0, 1), got {eps!r}")
-        if not (0.0 < threshold < 1.0):
-            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-        if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size must be None or an int >= 1, got {group_size!r}")
+        prior, eps, threshold = (check_real(v, n, low=0.0, high=1.0, low_open=True, high_open=True)
+                                 for v, n in ((prior, "prior"), (eps, "eps"), (threshold, "threshold")))
+        if group_size is not None:
+            group_size = check_int(group_size, "group_size (None or an int >= 1)", minimum=1)
+        for flag, value in (("log_probs", log_probs), ("clip_range", clip_range)):
+            if not isinstance(value, bool):
+                raise TypeError(f"DetectorLikelihood: {flag} must be True or False, got {value!r}")
         if occurrence is not None and not callable(occurrence):
             occurrence = self._check_occurrence(occurrence, None, len(objs))
         self.detector, self.objects, self.occurrence = detector, objs, occurrence
-        self.prior, self.eps, self.threshold = float(prior), float(eps), float(threshold)
-        self.group_size, self.log_probs, self.name = group_size, bool(log_probs), name
+        self.prior, self.eps, self.threshold = prior, eps, threshold
+        self.group_size, self.log_probs, self.clip_range, self.name = group_size, log_probs, clip_range, name
         self._index = torch.tensor(objs, dtype=torch.long)
 
     @staticmethod
@@ -119,7 +121,7 @@ class DetectorLikelihood:
 
     def object_terms(self, x0_hat: Tensor, sigma: Tensor) -> Tensor:
         """``(N, len(objects))`` float64: term_c = log p_c − log Q_c for each object."""
-        N = _num(x0_hat)
+        N = num_samples(x0_hat)
         out = self.detector(x0_hat)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != N:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -127,17 +129,26 @@ class DetectorLikelihood:
         if out.shape[1] <= max(self.objects):
             raise ValueError(
                 f"detector returned C = {out.shape[1]} classes but objects include index {max(self.objects)}")
+        if not out.is_floating_point():
+            raise TypeError(f"detector of {self.name!r} must return floating-point (N, C) probabilities, got {out.dtype}")
         sel = out.to(torch.float64)[:, self._index.to(out.device)]
+        who = f"detector of {self.name!r}"
         if self.log_probs:
-            log_p = sel
+            log_p = check_probabilities(sel, who, clip_range=self.clip_range, log=True,
+                                        hint="pass log_probs=False if it returns probabilities")
             p = log_p.exp()
         else:
-            p = sel.clamp(self.eps, 1.0)
+            p = check_probabilities(sel, who, clip_range=self.clip_range,
+                                    hint="pass log_probs=True if it returns log-probabilities")
+            p = p.clamp(self.eps, 1.0)
             log_p = p.log()
         m = self._missing_rate(p, sigma)
         q = m * (1 - self.prior) / (self.prior + m * (1 - self.prior))
         Q = (1 - p) * q + p
-        return log_p - Q.log()
+        # q = 0 (an object never missed): term_c = log p - log p = 0, also at p = 0 (not -inf + inf).
+        terms = torch.where(q == 0, torch.zeros_like(log_p), log_p - Q.log())
+        log_values(terms.sum(1), N, f"potential {self.name!r}")
+        return terms
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
         return self.object_terms(x0_hat, sigma).sum(1)
@@ -152,4 +163,4 @@ class DetectorLikelihood:
         return tuple(f"object:{c}" for c in self.objects)
 
     def __repr__(self) -> str:
-        return f"DetectorLikelihood(objects={self.objects}, prior={self.prior}, name={self.name!r})"
+        return f"DetectorLikelihood(objects={self.objects}, prior={self.prior}, clip_range={self.clip_range}, name={self.name!r})"

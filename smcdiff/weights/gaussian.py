@@ -20,13 +20,26 @@ import math
 
 import torch
 
+from smcdiff.checks import check_real
 from smcdiff.types import Tensor
+from smcdiff.weights.values import log_values, num_samples
 
 __all__ = ["GaussianLikelihood"]
 
 
+def _as_float64(value, name: str) -> Tensor:
+    """``value`` as a finite float64 tensor; ``TypeError`` / ``ValueError`` saying what was expected."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or array of numbers, got {type(value).__name__}") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (it contains NaN or inf)")
+    return t
+
+
 def _as_cov(R, m: int) -> Tensor:
-    R = torch.as_tensor(R, dtype=torch.float64)
+    R = _as_float64(R, "R")
     if R.dim() == 0:
         R = R * torch.eye(m, dtype=torch.float64)
     elif R.dim() == 1:
@@ -47,19 +60,18 @@ class GaussianLikelihood:
     """
 
     def __init__(self, A, y, R, data_var: float = 1.0):
-        A = torch.as_tensor(A, dtype=torch.float64)
+        A = _as_float64(A, "A")
         if A.dim() != 2:
             raise ValueError(f"A must be a (m, d) matrix, got shape {tuple(A.shape)}")
-        y = torch.as_tensor(y, dtype=torch.float64)
+        y = _as_float64(y, "y")
         if tuple(y.shape) != (A.shape[0],):
             raise ValueError(f"y must have shape (m,) = ({A.shape[0]},), got {tuple(y.shape)}")
-        if data_var <= 0:
-            raise ValueError(f"data_var must be positive, got {data_var}")
-        self.A, self.y, self.R, self.data_var = A, y, _as_cov(R, A.shape[0]), float(data_var)
+        data_var = check_real(data_var, "data_var", low=0.0, low_open=True)
+        self.A, self.y, self.R, self.data_var = A, y, _as_cov(R, A.shape[0]), data_var
         self._AAt = A @ A.T
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
-        N = x0_hat.shape[0]
+        N = num_samples(x0_hat)
         flat = x0_hat.reshape(N, -1).to(torch.float64)
         if flat.shape[1] != self.A.shape[1]:
             raise ValueError(f"x0_hat has {flat.shape[1]} elements per sample but A expects d = {self.A.shape[1]}")
@@ -68,14 +80,18 @@ class GaussianLikelihood:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device).expand(N) ** 2
         c = s2 * self.data_var / (s2 + self.data_var)
         m = A.shape[0]
-        if bool((c == c[0]).all()):
+        finite, uniform = torch.stack([torch.isfinite(c).all(), (c == c[0]).all()]).tolist()  # one host read
+        if not finite:
+            raise ValueError("GaussianLikelihood: sigma must be finite (got NaN or inf)")
+        if uniform:
             cov = (self.R.to(flat.device) + c[0] * self._AAt.to(flat.device)).expand(1, m, m)
         else:
             cov = self.R.to(flat.device) + c[:, None, None] * self._AAt.to(flat.device)
         L = torch.linalg.cholesky(cov)
         z = torch.linalg.solve_triangular(L, resid.unsqueeze(-1), upper=False)
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        return -0.5 * z.squeeze(-1).pow(2).sum(-1) - 0.5 * logdet - 0.5 * m * math.log(2 * math.pi)
+        value = -0.5 * z.squeeze(-1).pow(2).sum(-1) - 0.5 * logdet - 0.5 * m * math.log(2 * math.pi)
+        return log_values(value, N, "potential GaussianLikelihood (is x0_hat finite?)")
 
     def __repr__(self) -> str:
         return f"GaussianLikelihood(m={self.A.shape[0]}, d={self.A.shape[1]}, data_var={self.data_var})"

@@ -15,7 +15,8 @@ A potential must be a deterministic function of the particle, so the program is 
 ``ValueError`` — before anything is drawn or stored — when it reaches a latent ``pyro.sample``
 (it would draw from the global RNG), a subsampling ``pyro.plate`` (the same) or ``pyro.param`` /
 ``pyro.module`` (they would write to the global parameter store). It is also refused when it
-records no factor, or a factor whose log-value is not of shape (N,).
+records no factor, or a factor whose log-value is not of shape (N,), and a factor that is NaN or
++inf raises a ``ValueError`` naming the program and the site (−inf is a weight of zero).
 
 Cost: Pyro's bookkeeping, measured at about 50–60 µs per factor per call plus about 45 µs per
 call (one thread of a 2-core development CPU; ``pyro.factor`` alone is about 20 µs of that, the
@@ -47,7 +48,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from smcdiff.types import Tensor
-from smcdiff.weights.compose import _num
+from smcdiff.weights.values import check_log_terms, num_samples
 
 __all__ = ["program", "Program"]
 
@@ -115,7 +116,7 @@ class Program:
         return tr
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:
-        N = _num(x)
+        N = num_samples(x)
         out = {}
         for name, site in self.trace(x, sigma, x0_hat, **cond).nodes.items():
             if not _is_term(site):
@@ -129,6 +130,7 @@ class Program:
             out[name] = lp.to(torch.float64)
         if not out:
             raise ValueError(f"potential program {self.name!r} recorded no pyro.factor(name, log_value)")
+        check_log_terms(out, f"potential program {self.name!r}")
         return out
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from smcdiff.types import Tensor
-from smcdiff.weights.compose import _check_lam, _check_value, _num, _scaled
+from smcdiff.weights.values import check_factor, log_values, num_samples
 
 __all__ = ["RewardPotential"]
 
@@ -54,7 +54,8 @@ class RewardPotential:
 
     ``RewardPotential(reward, form="difference", lam=1.0, *, name="reward")``; ``form`` one of
     ``"difference"``, ``"current"``, ``"max"``, ``"sum"``; ``lam`` a finite float (0 gives exactly 0
-    without calling ``reward``). Call: ``(x, sigma : (N,), x0_hat : (N, *event), previous=None,
+    without calling ``reward``). A reward that gives NaN, or a λ·reward of +inf, raises a
+    ``ValueError`` naming the potential (a reward of −inf with λ > 0 is a weight of zero). Call: ``(x, sigma : (N,), x0_hat : (N, *event), previous=None,
     **cond) -> (N,)`` float64, ``previous : (N,)`` the particle's last value ("max"/"sum" only).
     """
 
@@ -63,7 +64,7 @@ class RewardPotential:
             raise TypeError(f"reward must be callable as reward(x0_hat, **cond) -> (N,), got {reward!r}")
         if form not in _FORMS:
             raise ValueError(f"form must be one of {tuple(_FORMS)}, got {form!r}")
-        self.reward, self.form, self.lam, self.name = reward, form, _check_lam(lam), name
+        self.reward, self.form, self.lam, self.name = reward, form, check_factor(lam), name
 
     @property
     def uses_previous(self) -> bool:
@@ -76,11 +77,12 @@ class RewardPotential:
         return _FORMS[self.form]
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, previous: Tensor | None = None, **cond) -> Tensor:
-        N = _num(x0_hat)
+        N = num_samples(x0_hat)
         if self.lam == 0:
             value = torch.zeros(N, dtype=torch.float64, device=x0_hat.device)
         else:
-            value = _scaled(self.lam, _check_value(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}"))
+            r = log_values(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}", check_finite=False)
+            value = log_values(self.lam * r, N, f"lam * reward of {self.name!r} (lam = {self.lam})")
         if previous is None or not self.uses_previous:
             return value
         previous = previous.to(value)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from smcdiff.models import pickle_loader as pl
+from smcdiff.models import pickle_trusted as pt
 from tests.models import persistence_fixtures as pf
 
 NUMPY_SPELLINGS = ["numpy._core.multiarray", "numpy.core.multiarray"]
@@ -25,15 +26,15 @@ NUMPY_SPELLINGS = ["numpy._core.multiarray", "numpy.core.multiarray"]
 @pytest.fixture(autouse=True)
 def isolated_loader(monkeypatch):
     """Fresh exec cache, exec counter and the tiny stand-in class registered for safe mode."""
-    monkeypatch.setattr(pl, "_SOURCE_MODULES", {})
+    monkeypatch.setattr(pt, "_SOURCE_MODULES", {})
     execs = []
-    real_exec = pl._exec_source
+    real_exec = pt._exec_source
 
     def counting_exec(src):
         execs.append(src)
         return real_exec(src)
 
-    monkeypatch.setattr(pl, "_exec_source", counting_exec)
+    monkeypatch.setattr(pt, "_exec_source", counting_exec)
     monkeypatch.setitem(pl.PRECOND_CLASSES, "TinyPrecond", pf.plain_module().TinyPrecond)
     return execs
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from smcdiff.checks import check_int
 from smcdiff.types import Tensor
 
 __all__ = [
@@ -324,8 +325,18 @@ def create_classifier(image_size: int, classifier_width: int, classifier_depth: 
     factors image_size // r (so an 8×8 head gets attention at ds 1 only). ``channel_mult``
     defaults to :func:`classifier_channel_mult` (32 → (1, 2, 4); pass (1, 2, 3) for DG-ImageNet).
     """
+    image_size = check_int(image_size, "image_size", minimum=1)
+    classifier_width = check_int(classifier_width, "classifier_width", minimum=1)
+    classifier_depth = check_int(classifier_depth, "classifier_depth", minimum=1)
     mult = tuple(channel_mult) if channel_mult is not None else classifier_channel_mult(image_size)
-    attention_ds = [image_size // int(r) for r in str(classifier_attention_resolutions).split(",") if r.strip()]
+    try:
+        resolutions = [int(r) for r in str(classifier_attention_resolutions).split(",") if r.strip()]
+    except ValueError:
+        resolutions = [0]
+    if any(r < 1 for r in resolutions):
+        raise ValueError("classifier_attention_resolutions must be comma-separated positive ints such as "
+                         f"'32,16,8', got {classifier_attention_resolutions!r}")
+    attention_ds = [image_size // r for r in resolutions]
     return EncoderUNetModel(
         image_size=image_size, in_channels=in_channels, model_channels=classifier_width, out_channels=out_channels,
         num_res_blocks=classifier_depth, attention_resolutions=tuple(attention_ds), channel_mult=mult,

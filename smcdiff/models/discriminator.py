@@ -41,10 +41,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from smcdiff.checks import check_int, check_real
 from smcdiff.kernels.guidance import OUTSIDE_WINDOW
 from smcdiff.models.adm import create_classifier
+from smcdiff.models.file_formats import FileFormatError, torch_load_file
 from smcdiff.types import Tensor
-from smcdiff.weights.ratio import DG_CLIP, PF_CLIP, log_ratio_from_prob
+from smcdiff.weights.ratio import DG_CLIP, PF_CLIP, check_clip, log_ratio_from_prob
 
 __all__ = ["DGDiscriminator", "vp_tau_alpha", "cosine_time", "widen_state_dict"]
 
@@ -71,7 +73,11 @@ def cosine_time(alpha: Tensor) -> Tensor:
 
 
 def widen_state_dict(state_dict) -> dict:
-    """A copy of ``state_dict`` with float16 tensors widened to float32."""
+    """A copy of ``state_dict`` with float16 tensors widened to float32 (``ValueError`` unless a
+    mapping of names to tensors)."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        got = type(state_dict).__name__ if not isinstance(state_dict, dict) else "a dict with non-tensor values"
+        raise ValueError(f"expected a state dict (a dict of name -> tensor), got {got}")
     return {k: (v.float() if v.dtype == torch.float16 else v) for k, v in state_dict.items()}
 
 
@@ -102,10 +108,12 @@ class DGDiscriminator(nn.Module):
     def __init__(self, classifier: nn.Module, head: nn.Module, *, img_resolution: int = 32, time_min: float = 0.01,
                  time_max: float = 1.0, clip: float = DG_CLIP):
         super().__init__()
-        if not 0.0 <= time_min <= time_max:
+        time_min, time_max = check_real(time_min, "time_min", low=0.0), check_real(time_max, "time_max", low=0.0)
+        if not time_min <= time_max:
             raise ValueError(f"expected 0 <= time_min <= time_max, got {time_min}, {time_max}")
+        img_resolution, clip = check_int(img_resolution, "img_resolution", minimum=1), check_clip(clip)
         self.classifier, self.head = classifier, head
-        self.img_resolution, self.time_min, self.time_max, self.clip = int(img_resolution), float(time_min), float(time_max), float(clip)
+        self.img_resolution, self.time_min, self.time_max, self.clip = img_resolution, time_min, time_max, clip
         self.requires_grad_(False)
         self.eval()
 
@@ -119,30 +127,34 @@ class DGDiscriminator(nn.Module):
         The widths, input/output channels and conditioning are read from the tensors; the
         classifier's depth and attention resolutions are the published ones unless given; the
         head is an 8×8 encoder with a single level whose depth (2 for DG, 4 for DiffRS FFHQ) is
-        read from its keys. float16 tensors are widened to float32. ``kwargs`` go to the constructor.
+        read from its keys. float16 tensors are widened to float32. ``kwargs`` go to the
+        constructor. ``ValueError`` when a state dict does not fit.
         """
-        csd, hsd = widen_state_dict(classifier_state_dict), widen_state_dict(head_state_dict)
-        classifier = create_classifier(img_resolution, **_encoder_shape(csd), classifier_depth=classifier_depth,
-                                       classifier_attention_resolutions=attention_resolutions)
-        head_blocks = {int(k.split(".")[1]) for k in hsd if k.startswith("input_blocks.")}
-        head = create_classifier(8, **_encoder_shape(hsd), classifier_depth=max(head_blocks, default=0),
-                                 classifier_attention_resolutions=attention_resolutions)
-        classifier.load_state_dict(csd, strict=True)
-        head.load_state_dict(hsd, strict=True)
+        classifier, head = _encoders(classifier_state_dict, head_state_dict, img_resolution, classifier_depth,
+                                     attention_resolutions)
         return cls(classifier, head, img_resolution=img_resolution, **kwargs)
 
     @classmethod
-    def load(cls, classifier_path, head_path, *, map_location="cpu", **kwargs) -> DGDiscriminator:
+    def load(cls, classifier_path, head_path, *, map_location="cpu", img_resolution: int = 32,
+             classifier_depth: int = 4, attention_resolutions: str = "32,16,8", **kwargs) -> DGDiscriminator:
         """:meth:`from_state_dicts` on two local ``torch.save(state_dict)`` files (read with
         ``weights_only=True``; nothing is downloaded), e.g. ``32x32_classifier.pt`` and
-        ``discriminator_60.pt`` (pass ``img_resolution=64`` for ``64x64_classifier.pt``)."""
+        ``discriminator_60.pt`` (pass ``img_resolution=64`` for ``64x64_classifier.pt``).
+        A file that is not such a checkpoint raises
+        :class:`~smcdiff.models.file_formats.FileFormatError` naming it."""
         sds = []
-        for p in (classifier_path, head_path):
+        for p, what in ((classifier_path, "classifier"), (head_path, "discriminator head")):
             p = Path(p)
             if not p.is_file():
                 raise FileNotFoundError(f"no checkpoint at {p} (smcdiff never downloads weights; pass a local file)")
-            sds.append(torch.load(p, map_location=map_location, weights_only=True))
-        return cls.from_state_dicts(*sds, **kwargs)
+            sds.append(torch_load_file(p, f"an ADM {what} checkpoint (a torch.save state dict)",
+                                       map_location=map_location))
+        try:
+            classifier, head = _encoders(*sds, img_resolution, classifier_depth, attention_resolutions)
+        except ValueError as err:
+            raise FileFormatError(f"{classifier_path}, {head_path}: not a DG classifier + discriminator head "
+                                  f"pair ({err})") from err
+        return cls(classifier, head, img_resolution=img_resolution, **kwargs)
 
     # -- the composed network -----------------------------------------------------------------
 
@@ -209,6 +221,24 @@ class DGDiscriminator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"img_resolution={self.img_resolution}, time_min={self.time_min}, time_max={self.time_max}, clip={self.clip}"
+
+
+def _encoders(classifier_state_dict, head_state_dict, img_resolution, classifier_depth,
+              attention_resolutions) -> tuple[nn.Module, nn.Module]:
+    """The classifier and head encoders built around two state dicts and loaded strictly."""
+    csd, hsd = widen_state_dict(classifier_state_dict), widen_state_dict(head_state_dict)
+    classifier = create_classifier(img_resolution, **_encoder_shape(csd), classifier_depth=classifier_depth,
+                                   classifier_attention_resolutions=attention_resolutions)
+    head_blocks = {int(k.split(".")[1]) for k in hsd if k.startswith("input_blocks.")}
+    head = create_classifier(8, **_encoder_shape(hsd), classifier_depth=max(head_blocks, default=0),
+                             classifier_attention_resolutions=attention_resolutions)
+    for what, net, sd in (("classifier", classifier, csd), ("head", head, hsd)):
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"the {what} state dict does not fit the published ADM encoder built from it: "
+                             f"{str(err)[:400]}") from err
+    return classifier, head
 
 
 def _encoder_shape(sd) -> dict:

@@ -86,25 +86,24 @@ def check_cond(cond, n: int) -> dict:
 
 def denoiser_name(denoiser) -> str:
     """A readable name of a denoiser for error messages."""
-    for attr in ("__qualname__", "__name__"):
-        name = getattr(denoiser, attr, None)
-        if isinstance(name, str) and name != "<lambda>":
-            return name
-    return type(denoiser).__name__
+    name = getattr(denoiser, "__name__", None)  # a function's own name; an object's class name
+    return name if isinstance(name, str) and name != "<lambda>" else type(denoiser).__name__
 
 
 def call_denoiser(denoiser, x: Tensor, sigma: Tensor, cond: Mapping | None = None) -> Tensor:
     """``denoiser(x, sigma, **cond)`` as float64, checked: same shape as ``x``, all finite.
 
     ``x : (N, *shape)``, ``sigma : (N,)`` float64. Raises ``ValueError`` naming the denoiser and the
-    noise levels when the output is non-finite or has the wrong shape; gradients flow through.
+    noise levels of the offending rows when the output is non-finite, or the shapes when they
+    differ; gradients flow through.
     """
     out = denoiser(x, sigma, **(cond or {}))
     if not isinstance(out, Tensor) or tuple(out.shape) != tuple(x.shape):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"denoiser {denoiser_name(denoiser)} returned {shape}; expected x's shape {tuple(x.shape)}")
     if not torch.isfinite(out).all():
-        s = sigma.detach()
+        bad = ~torch.isfinite(out.detach()).reshape(out.shape[0], -1).all(1)
+        s = sigma.detach().reshape(-1).expand(out.shape[0])[bad]
         raise ValueError(
             f"denoiser {denoiser_name(denoiser)} returned non-finite values at sigma in "
             f"[{float(s.min()):.4g}, {float(s.max()):.4g}]"

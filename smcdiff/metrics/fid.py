@@ -22,6 +22,12 @@ normally :class:`smcdiff.models.inception.InceptionFeatures` with local weights:
     mu, sigma = compute_statistics("out/", extractor)                 # or keep the statistics
     save_statistics("out-stats.npz", mu, sigma)
 
+Everything is checked before any work: statistics must be finite, ``sigma`` symmetric and
+positive semi-definite (every method refuses an invalid covariance rather than return a number),
+a reference file that is not such an ``.npz`` (empty, truncated, corrupt, another format) raises
+:class:`~smcdiff.models.file_formats.FileFormatError` naming it, and so does an image of the
+folder that cannot be read (e.g. a 0-byte PNG left by an interrupted run).
+
 The distance itself needs no network:
 
     >>> import numpy as np
@@ -41,6 +47,9 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
+
+from smcdiff.checks import check_int
+from smcdiff.models.file_formats import READ_ERRORS, FileFormatError, file_format_error
 
 __all__ = [
     "feature_statistics", "frechet_distance", "save_statistics", "load_statistics",
@@ -64,6 +73,9 @@ def feature_statistics(features) -> Statistics:
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise ValueError(f"features contain NaN or inf in {int((~np.isfinite(f).any(1)).sum())} of {f.shape[0]} "
+                         "rows (a broken extractor, or non-finite images?)")
     mu = f.mean(axis=0)
     centred = f - mu
     sigma = centred.T @ centred / (f.shape[0] - 1)
@@ -71,10 +83,29 @@ def feature_statistics(features) -> Statistics:
 
 
 def _check_statistics(mu, sigma, name: str = "") -> Statistics:
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
+    """``(mu, sigma)`` as float64 after checking shapes, finiteness, symmetry and positive
+    semi-definiteness of ``sigma`` (a Cholesky factorisation of ``sigma + delta I``, ``delta =
+    1e-9 D max|sigma|``: rounding in legitimate singular covariances stays far below it)."""
+    try:
+        mu = np.asarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}statistics must be numeric arrays mu (D,) and sigma (D, D)") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{name}statistics need mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}statistics contain NaN or inf")
+    scale = float(np.abs(sigma).max(initial=0.0))
+    if float(np.abs(sigma - sigma.T).max(initial=0.0)) > 1e-6 * scale:
+        raise ValueError(f"{name}covariance sigma is not symmetric (largest |sigma - sigma^T| = "
+                         f"{float(np.abs(sigma - sigma.T).max()):.3g}); a covariance matrix must be")
+    D = sigma.shape[0]
+    try:
+        np.linalg.cholesky(sigma + max(1e-9 * D * scale, np.finfo(np.float64).tiny) * np.eye(D))
+    except np.linalg.LinAlgError:
+        low = float(np.linalg.eigvalsh(sigma)[0])
+        raise ValueError(f"{name}covariance sigma is not positive semi-definite (smallest eigenvalue {low:.3g}); "
+                         "the matrix square root of the product would have an imaginary component") from None
     return mu, sigma
 
 
@@ -89,6 +120,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
     parts: they are dropped when the imaginary part of its diagonal is at most ``1e-3`` times the
     largest real diagonal entry (or ``1e-3`` when that is below 1), otherwise ``ValueError``.
 
+    Both methods first check that the statistics are finite and each covariance symmetric and
+    positive semi-definite (``ValueError`` otherwise).
+
     ``method="eigh"`` uses the symmetric form ``tr (S Sigma2 S)^{1/2}``, ``S = Sigma1^{1/2}`` from
     ``eigh`` (eigenvalues of ``Sigma1`` below its numerical-rank cutoff treated as 0, negative
     rounding eigenvalues of the product clipped to 0): the same value for positive semi-definite
@@ -98,6 +132,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
     Rounding can leave a result slightly below 0 for (nearly) identical statistics; it is not
     clipped.
     """
+    if method not in ("sqrtm", "eigh"):
+        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
     mu1, sigma1 = _check_statistics(mu1, sigma1, "first ")
     mu2, sigma2 = _check_statistics(mu2, sigma2, "second ")
     if mu1.shape != mu2.shape:
@@ -106,10 +142,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "sqrtm", eps: fl
     diff = mu1 - mu2
     if method == "sqrtm":
         tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, eps)
-    elif method == "eigh":
-        tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
     else:
-        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+        tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
@@ -163,18 +197,36 @@ def save_statistics(path: str | os.PathLike, mu, sigma) -> None:
     np.savez(path, mu=mu, sigma=sigma)
 
 
+_STATS = "FID statistics (an .npz with arrays 'mu' (D,) and 'sigma' (D, D), as save_statistics, EDM and pytorch-fid write)"
+
+
 def load_statistics(path: str | os.PathLike) -> Statistics:
-    """Read ``(mu, sigma)`` (float64) from an ``.npz`` with keys ``mu`` and ``sigma``."""
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an .npz archive with arrays 'mu' and 'sigma', "
-                         "not a single .npy array")
-    with data:
-        missing = [key for key in ("mu", "sigma") if key not in data.files]
-        if missing:
-            raise ValueError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; missing "
-                             f"{missing}, found {sorted(data.files)}")
-        return _check_statistics(data["mu"], data["sigma"], f"{path}: ")
+    """Read ``(mu, sigma)`` (float64) from an ``.npz`` with keys ``mu`` and ``sigma``.
+
+    :class:`~smcdiff.models.file_formats.FileFormatError` (a ``ValueError``) names the file when
+    it is empty, truncated, corrupt or of another format, or lacks ``mu`` / ``sigma``;
+    ``ValueError`` when the statistics themselves are invalid; ``FileNotFoundError`` when missing.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no FID statistics at {os.fspath(path)} (smcdiff never downloads; pass a local .npz)")
+    if os.path.isdir(path):
+        raise FileFormatError(f"{os.fspath(path)}: is a folder, not {_STATS}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise FileFormatError(f"{path}: expected an .npz archive with arrays 'mu' and 'sigma', "
+                                  "not a single .npy array")
+        with data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise FileFormatError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; missing "
+                                      f"{missing}, found {sorted(data.files)}")
+            mu, sigma = data["mu"], data["sigma"]
+    except FileFormatError:
+        raise
+    except (*READ_ERRORS, OSError) as err:
+        raise file_format_error(path, _STATS, err) from err
+    return _check_statistics(mu, sigma, f"{path}: ")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -189,8 +241,11 @@ def _read_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray:
 
     images = []
     for file in files:
-        with Image.open(file) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(file) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (OSError, *READ_ERRORS) as err:  # PIL.UnidentifiedImageError is an OSError
+            raise file_format_error(file, "a readable PNG/JPEG image", err) from err
         size = arr.shape[:2] if size is None else size
         if arr.shape[:2] != size:
             raise ValueError(f"{file}: size {arr.shape[:2]} differs from the first image's {size}; "
@@ -238,8 +293,7 @@ def compute_statistics(images_or_folder, extractor: Extractor, *, batch_size: in
     ``extractor`` maps ``uint8 (B, 3, H, W)`` to ``(B, D)`` and runs under
     ``torch.inference_mode()``; ``progress=True`` shows a tqdm bar on stderr.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size (a positive int)", minimum=1)
     count, batches = _batches(images_or_folder, batch_size)
     if count < 2:
         raise ValueError(f"FID statistics need at least 2 images, got {count}")
@@ -251,8 +305,8 @@ def compute_statistics(images_or_folder, extractor: Extractor, *, batch_size: in
     with torch.inference_mode():
         for batch in batches:
             feats = extractor(batch)
-            if feats.ndim != 2 or feats.shape[0] != batch.shape[0]:
-                raise ValueError(f"extractor must return (B, D) features, got {tuple(feats.shape)} "
+            if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != batch.shape[0]:
+                raise ValueError(f"extractor must return (B, D) features, got {tuple(getattr(feats, 'shape', ()))} "
                                  f"for a batch of {batch.shape[0]}")
             features.append(feats.detach().to("cpu", torch.float64).numpy())
     return feature_statistics(np.concatenate(features))
@@ -265,13 +319,17 @@ def fid(images_or_folder, reference, extractor: Extractor, *, batch_size: int = 
     ``reference`` is the path of an ``.npz`` with ``mu``/``sigma`` or a ``(mu, sigma)`` pair made
     by the same extractor. ``method`` is passed to :func:`frechet_distance`.
     """
+    if method not in ("sqrtm", "eigh"):  # checked before any image is read
+        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+    if not callable(extractor):
+        raise TypeError(f"extractor must be callable as extractor(uint8 (B, 3, H, W)) -> (B, D), got {extractor!r:.60}")
     if isinstance(reference, (str, os.PathLike)):
         if Path(reference).is_dir():
             raise ValueError(f"reference {reference} is a folder: give its statistics (.npz); make "
                              "them with compute_statistics and save_statistics")
         mu_ref, sigma_ref = load_statistics(reference)
     else:
-        if len(reference) != 2:
+        if not isinstance(reference, (tuple, list)) or len(reference) != 2:
             raise ValueError("reference must be an .npz path or a (mu, sigma) pair")
         mu_ref, sigma_ref = _check_statistics(reference[0], reference[1], "reference ")
     mu, sigma = compute_statistics(images_or_folder, extractor, batch_size=batch_size, progress=progress)

@@ -9,7 +9,7 @@ Same as ``smcdiff table`` (see ``smcdiff table --help``); the weights it uses sh
 
 import sys
 
-from smcdiff.cli import main
+from smcdiff.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["table", *sys.argv[1:]]))

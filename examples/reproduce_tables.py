@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from smcdiff.generate import generate, parse_seeds
-from smcdiff.methods.restart import IMAGENET64_RESTART
+from smcdiff.apps.generate import generate, parse_seeds
+from smcdiff.kernels.restart import IMAGENET64_RESTART
 
 # row -> (method, method params, steps, published FID, where it was published)
 CIFAR10 = {

@@ -18,11 +18,12 @@ from smcdiff import engine, kernels, methods, models, resampling, weights
 from smcdiff.engine import SMCFailedError, SMCResult, StepInfo
 from smcdiff.kernels import EDMEuler, EDMHeun, EulerMaruyama, karras_sigmas
 from smcdiff.resampling import Resampler
+from smcdiff.results import Result
 from smcdiff.sampling import SampleResult, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "engine", "kernels", "methods", "models", "resampling", "weights", "sample", "SampleResult", "SMCResult",
+    "engine", "kernels", "methods", "models", "resampling", "weights", "sample", "Result", "SampleResult", "SMCResult",
     "StepInfo", "SMCFailedError", "Resampler", "karras_sigmas", "EDMEuler", "EDMHeun", "EulerMaruyama",
 ]

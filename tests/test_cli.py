@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from smcdiff.cli import main
-from smcdiff.demo import run_demo
+from smcdiff.apps.cli import main
+from smcdiff.apps.demo import run_demo
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from smcdiff.generate import generate, image_path, parse_seeds, rank_batches, to_uint8
+from smcdiff.apps.generate import generate, image_path, parse_seeds, rank_batches, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_bad_method_and_missing_discriminator(tmp_path):
 
 
 def test_torchrun_two_processes_split_the_seeds(tmp_path):
-    # `torchrun -m smcdiff.cli generate` with 2 CPU processes (gloo) on a tiny EDM network pickle.
+    # `torchrun -m smcdiff.apps.cli generate` with 2 CPU processes (gloo) on a tiny EDM network pickle.
     from smcdiff.models.precond import EDMPrecond
     from tests.models import persistence_fixtures as pf
 
@@ -112,7 +112,7 @@ def test_torchrun_two_processes_split_the_seeds(tmp_path):
     pkl.write_bytes(pf.edm_pickle_from_modules(net, kwargs))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smcdiff.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smcdiff.apps.cli",
            "generate", "--network", str(pkl), "--outdir", str(out), "--seeds", "0-9", "--batch", "2", "--steps", "3",
            "--device", "cpu", "--manifest"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from smcdiff.cli import main
-from smcdiff.generate import generate
+from smcdiff.apps.cli import main
+from smcdiff.apps.generate import generate
 
 from tests.paths import FIXTURES  # noqa: E402
 KWARGS = dict(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=16,

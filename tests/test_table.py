@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from smcdiff.cli import main
-from smcdiff.table import BEGIN, END, Run, TableConfig, method_specs, summarize, write_results
+from smcdiff.apps.cli import main
+from smcdiff.apps.table import BEGIN, END, Run, TableConfig, method_specs, summarize, write_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from smcdiff.cli import main
+from smcdiff.apps.cli import main
 from smcdiff.models.small_nets import load
-from smcdiff.train import load_data
+from smcdiff.apps.train import load_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

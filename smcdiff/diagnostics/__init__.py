@@ -73,8 +73,8 @@ coming refactor on the first import of the day); ``plot`` draws on a standalone 
 never touches pyplot's global state or backend.
 """
 
-from smcdiff.diagnostics.export import to_arviz
 from smcdiff.diagnostics.plots import plot
-from smcdiff.diagnostics.summary import summary
+from smcdiff.diagnostics.text_summary import summary
+from smcdiff.engine.export import to_arviz
 
 __all__ = ["to_arviz", "plot", "summary"]

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
-from smcdiff.diagnostics._read import _MAX_GROUPS_DRAWN, _MAX_LINEAGES, _read, _Run
+from smcdiff.engine.records import MAX_GROUPS_DRAWN, MAX_LINEAGES, RunArrays, read_run
 
 
 def _genealogy(ancestors: np.ndarray, roots: np.ndarray) -> np.ndarray:
@@ -27,7 +27,7 @@ def _genealogy(ancestors: np.ndarray, roots: np.ndarray) -> np.ndarray:
     return alive
 
 
-def _sigma_axis(ax, run: _Run) -> np.ndarray:
+def _sigma_axis(ax, run: RunArrays) -> np.ndarray:
     """x positions of the T steps on ``ax``: σ reached (log scale, decreasing), or the step number."""
     if run.sigma is None or not np.isfinite(run.sigma).all():
         ax.set_xlabel("step")
@@ -63,7 +63,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _panel_ess(ax, run: _Run, colors) -> None:
+def _panel_ess(ax, run: RunArrays, colors) -> None:
     """(a) ESS/K after each step along the schedule; hollow circles where a group was resampled."""
     from matplotlib.lines import Line2D
 
@@ -86,7 +86,7 @@ def _panel_ess(ax, run: _Run, colors) -> None:
     ax.grid(alpha=0.3)
 
 
-def _panel_weights(ax, run: _Run, colors) -> None:
+def _panel_weights(ax, run: RunArrays, colors) -> None:
     """(b) final normalised weights of each group, sorted, as K·w on a log axis."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -117,15 +117,15 @@ def _panel_weights(ax, run: _Run, colors) -> None:
     ax.grid(alpha=0.3)
 
 
-def _panel_genealogy(ax, run: _Run, group: int) -> None:
+def _panel_genealogy(ax, run: RunArrays, group: int) -> None:
     """(c) one group's genealogy: a segment from each particle's parent at step t to it at step t+1."""
     from matplotlib.collections import LineCollection
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     T, K = run.T, run.K
     anc = run.ancestors[:, group, :]
-    every = K <= _MAX_LINEAGES
-    roots = np.arange(K) if every else np.unique(np.linspace(0, K - 1, _MAX_LINEAGES).round().astype(int))
+    every = K <= MAX_LINEAGES
+    roots = np.arange(K) if every else np.unique(np.linspace(0, K - 1, MAX_LINEAGES).round().astype(int))
     alive = _genealogy(anc, roots)
     lw = 0.9 if K <= 64 else 0.5
     if T > 1:
@@ -165,7 +165,7 @@ def plot(result, path: str | PathLike, *, title: str | None = None, group: int =
     read as by :func:`to_arviz` (same errors). Draws on a standalone Agg figure: no pyplot state,
     no display.
     """
-    run = _read(result, with_x=False)
+    run = read_run(result, with_x=False)
     if not isinstance(group, int) or not 0 <= group < run.G:
         raise ValueError(f"group must be an int in [0, {run.G - 1}], got {group!r}")
     from matplotlib.figure import Figure
@@ -174,7 +174,7 @@ def plot(result, path: str | PathLike, *, title: str | None = None, group: int =
     # A fixed layout: every label fits at this size, and it draws twice as fast as a constrained one.
     ax_ess, ax_w, ax_gen = fig.subplots(1, 3, gridspec_kw=dict(left=0.045, right=0.99, bottom=0.11, top=0.83,
                                                                 wspace=0.24))
-    colors = _colors(min(run.G, _MAX_GROUPS_DRAWN))
+    colors = _colors(min(run.G, MAX_GROUPS_DRAWN))
     _panel_ess(ax_ess, run, colors)
     _panel_weights(ax_w, run, colors)
     _panel_genealogy(ax_gen, run, group)

@@ -33,13 +33,17 @@ carries it). Cost: one ℓ forward+backward per guided evaluation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from smcdiff import _rng
 from smcdiff.kernels.schedules import vp_time
-from smcdiff.kernels.steps import StepOutput, _b
+from smcdiff.kernels.steps import StepOutput, denoise, per_sample
 from smcdiff.types import Tensor
 
-__all__ = ["EpsilonScaling", "DiscriminatorGuidance", "Guided", "log_ratio_grad", "OUTSIDE_WINDOW"]
+__all__ = ["EpsilonScaling", "DiscriminatorGuidance", "Guided", "CorrectedEulerMaruyama", "log_ratio_grad",
+           "OUTSIDE_WINDOW"]
 
 #: DG reports ℓ = 1e7 where the time window switches guidance off (so boosting never fires there).
 OUTSIDE_WINDOW = 1e7
@@ -87,15 +91,31 @@ class EpsilonScaling:
 
 
 class DiscriminatorGuidance:
-    """DG: D' = D + w·σ²·∇ₓℓ(x, σ) inside the VP-time window, w = ``w1`` (Euler eval) / ``w2`` (correction)."""
+    """DG: D' = D + w·σ²·∇ₓℓ(x, σ) inside the VP-time window, w = ``w1`` (Euler eval) / ``w2`` (correction).
 
-    def __init__(self, log_ratio, w1: float = 2.0, w2: float = 0.0, time_min: float = 0.01, time_max: float = 1.0):
+    ``double_every``: DG's boosting of the weight — at every ``double_every``-th step, w1 is doubled
+    for the samples whose ℓ < 0 at that evaluation. The ℓ of each step's first evaluation is
+    reported to the kernel as ``carry["log_ratio"]`` (``OUTSIDE_WINDOW`` outside the window), which
+    :class:`~smcdiff.kernels.edm.ChurnBoost` reads.
+    """
+
+    reports = ("log_ratio",)
+
+    def __init__(self, log_ratio, w1: float = 2.0, w2: float = 0.0, time_min: float = 0.01, time_max: float = 1.0,
+                 *, double_every: int | None = None):
         if not callable(log_ratio):
             raise TypeError("DiscriminatorGuidance needs a callable log_ratio(x, sigma, **cond) -> (N,)")
+        w1, w2, time_min, time_max = (float(v) for v in (w1, w2, time_min, time_max))
+        if not all(math.isfinite(v) for v in (w1, w2, time_min, time_max)):
+            raise ValueError(f"DG weights and window must be finite, got w1={w1}, w2={w2}, "
+                             f"time_min={time_min}, time_max={time_max}")
         if not 0.0 <= time_min <= time_max:
             raise ValueError(f"expected 0 <= time_min <= time_max, got {time_min}, {time_max}")
-        self.log_ratio, self.w1, self.w2 = log_ratio, float(w1), float(w2)
-        self.time_min, self.time_max = float(time_min), float(time_max)
+        if double_every is not None and (isinstance(double_every, bool) or int(double_every) != double_every
+                                         or double_every < 1):
+            raise ValueError(f"double_every must be None or an int >= 1, got {double_every!r}")
+        self.log_ratio, self.w1, self.w2 = log_ratio, w1, w2
+        self.time_min, self.time_max, self.double_every = time_min, time_max, double_every
 
     def in_window(self, sigma: Tensor) -> Tensor:
         """(N,) bool: where τ(σ) lies in [time_min, time_max]."""
@@ -108,48 +128,146 @@ class DiscriminatorGuidance:
         if not bool(inside.any()):
             return torch.zeros_like(x, dtype=torch.float64), torch.full((x.shape[0],), OUTSIDE_WINDOW, dtype=torch.float64, device=x.device)
         grad, ell = log_ratio_grad(self.log_ratio, x, sigma, cond)
-        term = _b(sigma.to(torch.float64) ** 2 * inside, x) * grad
+        term = per_sample(sigma.to(torch.float64) ** 2 * inside, x) * grad
         return term, torch.where(inside, ell, torch.full_like(ell, OUTSIDE_WINDOW))
 
     def bind(self, denoiser, sigmas: Tensor, i: int):
-        t_next = float(sigmas[i + 1])
         if self.w1 == 0.0 and self.w2 == 0.0:
             return denoiser
-
-        def guided(x, sigma, **cond):
-            x0 = denoiser(x, sigma, **cond).to(torch.float64)
-            # The Heun correction is the evaluation at σ_{i+1}; the first one is at σ̂_i > σ_{i+1}.
-            w = torch.where(sigma.to(torch.float64) <= t_next, self.w2, self.w1).to(x0.device)
-            if not bool((w != 0).any()):
-                return x0
-            term, _ = self.guidance(x, sigma, cond)
-            return x0 + _b(w, x0) * term
-
-        guided.round_sigma = getattr(denoiser, "round_sigma", None)
-        return guided
+        return _DGStep(self, denoiser, float(sigmas[i + 1]),
+                       self.double_every is not None and i % self.double_every == 0)
 
     def __repr__(self) -> str:
+        extra = "" if self.double_every is None else f", double_every={self.double_every}"
         return (f"DiscriminatorGuidance(w1={self.w1}, w2={self.w2}, time_min={self.time_min}, "
-                f"time_max={self.time_max})")
+                f"time_max={self.time_max}{extra})")
+
+
+class _DGStep:
+    """DG's denoiser for one step: w1 on the evaluations above σ_{i+1} (the Euler one), w2 at σ_{i+1}
+    (the Heun correction); remembers the ℓ of its first evaluation for :meth:`report`."""
+
+    def __init__(self, dg: DiscriminatorGuidance, denoiser, t_next: float, double: bool):
+        self.dg, self.denoiser, self.t_next, self.double = dg, denoiser, t_next, double
+        self.round_sigma = getattr(denoiser, "round_sigma", None)
+        self.seen: dict[str, Tensor] = {}
+
+    def __call__(self, x, sigma, **cond):
+        x0 = self.denoiser(x, sigma, **cond).to(torch.float64)
+        first = not bool((sigma.to(torch.float64) <= self.t_next).all())
+        w = self.dg.w1 if first else self.dg.w2
+        if w == 0.0:
+            return x0
+        term, ell = self.dg.guidance(x, sigma, cond)
+        w = torch.full_like(ell, w)
+        if first and self.double:  # boosting: double the weight where ℓ < 0
+            w = torch.where(ell < 0, 2 * w, w)
+        if first:
+            self.seen.setdefault("log_ratio", ell)
+        return x0 + per_sample(w, x0) * term
+
+    def report(self) -> dict[str, Tensor]:
+        return dict(self.seen)
 
 
 class Guided:
-    """A kernel whose denoiser is transformed, per step, by ``transforms`` (applied left to right)."""
+    """A kernel whose denoiser is transformed, per step, by ``transforms`` (applied left to right).
+
+    What the bound transforms report (DG's ℓ) is returned in ``StepOutput.carry`` and handed back
+    to the kernel at the next step (entries not reported this step keep their last value).
+    """
 
     def __init__(self, kernel, *transforms):
         for t in transforms:
             if not hasattr(t, "bind"):
                 raise TypeError(f"{t!r} is not a denoiser transform: it needs bind(denoiser, sigmas, i)")
+        if not callable(kernel):
+            raise TypeError(f"kernel must be callable as kernel(denoiser, x, sigmas, i, generator, cond), got {kernel!r}")
         self.kernel, self.transforms = kernel, transforms
 
     @property
     def stochastic(self) -> bool:
         return getattr(self.kernel, "stochastic", True)
 
-    def __call__(self, denoiser, x, sigmas, i, generator, cond=None) -> StepOutput:
+    def __getattr__(self, name):  # the wrapped kernel's schedule (num_steps, sigma_after, ...)
+        if name in ("kernel", "transforms"):
+            raise AttributeError(name)
+        return getattr(self.kernel, name)
+
+    def __call__(self, denoiser, x, sigmas, i, generator, cond=None, **context) -> StepOutput:
+        bound = []
         for t in self.transforms:
             denoiser = t.bind(denoiser, sigmas, i)
-        return self.kernel(denoiser, x, sigmas, i, generator, cond)
+            bound.append(denoiser)
+        out = self.kernel(denoiser, x, sigmas, i, generator, cond, **context)
+        carry = dict(context.get("carry") or {})
+        carry.update(out.carry or {})
+        for d in bound:
+            if hasattr(d, "report"):
+                carry.update(d.report())
+        return out._replace(carry=carry or None)
 
     def __repr__(self) -> str:
         return f"Guided({self.kernel!r}, {', '.join(map(repr, self.transforms))})"
+
+
+class CorrectedEulerMaruyama:
+    """An Euler–Maruyama step moved by guidance transforms, with the importance correction that keeps
+    the *unguided* sampler's target: ``log_weight = log p(x'|x) − log q(x'|x)``.
+
+    The base transition is :class:`~smcdiff.kernels.EulerMaruyama`'s, N(m, v) with
+    m = x + (v/σ²)(D(x; σ) − x), v = 2σ(σ − σ'); the proposal uses the transformed denoiser D' (e.g.
+    DG's D + w·σ²∇ℓ), so q = N(m', v) with m' from D'. The denoiser is evaluated once: the
+    transforms act on its cached output. The step to σ' = 0 is the base one (x' = D(x; σ), no
+    guidance, weight 0), so the last weight is the untwisted one. With this kernel a guided proposal
+    can be combined with potentials and resampling and still target p_θ·exp(V) (DG's gradient then
+    only improves the proposal; the weights make the result exact).
+    """
+
+    stochastic = True
+
+    def __init__(self, *transforms):
+        for t in transforms:
+            if not hasattr(t, "bind"):
+                raise TypeError(f"{t!r} is not a denoiser transform: it needs bind(denoiser, sigmas, i)")
+        self.transforms = transforms
+
+    def __call__(self, denoiser, x, sigmas, i, generator, cond=None, **context) -> StepOutput:
+        n = x.shape[0]
+        t_cur, t_next = sigmas[i].to(x.device).expand(n), sigmas[i + 1].to(x.device).expand(n)
+        noise = _rng.randn_batch(x.shape, generator, dtype=x.dtype, device=x.device)
+        x0 = denoise(denoiser, x, t_cur, cond)
+        ones = torch.ones(n, dtype=torch.long, device=x.device)
+        if float(sigmas[i + 1]) == 0.0:  # the last step: untwisted, deterministic
+            return StepOutput(x0, x0, ones, log_weight=torch.zeros(n, dtype=torch.float64, device=x.device))
+        guided = _Cached(x0, getattr(denoiser, "round_sigma", None))
+        bound = []
+        for t in self.transforms:
+            guided = t.bind(guided, sigmas, i)
+            bound.append(guided)
+        x0_guided = denoise(guided, x, t_cur, cond)
+        var = 2.0 * t_cur * (t_cur - t_next)
+        step = per_sample(var / t_cur**2, x)
+        shift = step * (x0_guided - x0)  # m' − m
+        # Propose from the guided Gaussian; weight by base over guided density.
+        x_next = x + step * (x0_guided - x) + per_sample(torch.sqrt(var), x) * noise
+        log_weight = -(noise * per_sample(torch.sqrt(var), x) * shift).flatten(1).sum(1) / var \
+            - shift.pow(2).flatten(1).sum(1) / (2 * var)
+        carry = {}
+        for d in bound:
+            if hasattr(d, "report"):
+                carry.update(d.report())
+        return StepOutput(x_next, x0, ones, log_weight=log_weight, carry=carry or None)
+
+    def __repr__(self) -> str:
+        return f"CorrectedEulerMaruyama({', '.join(map(repr, self.transforms))})"
+
+
+class _Cached:
+    """A denoiser that returns an already computed output (so transforms cost no network call)."""
+
+    def __init__(self, x0: Tensor, round_sigma=None):
+        self.x0, self.round_sigma = x0, round_sigma
+
+    def __call__(self, x, sigma, **cond):
+        return self.x0

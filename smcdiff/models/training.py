@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from smcdiff import _rng
-from smcdiff.kernels.schedules import VP_BETA_MIN, vp_alpha, vp_time_from_integral
+from smcdiff.kernels.edm import EDMHeun
+from smcdiff.kernels.schedules import (
+    VP_BETA_MIN,
+    karras_sigmas,
+    vp_alpha,
+    vp_time_from_integral,
+)
+from smcdiff.kernels.steps import per_sample
+from smcdiff.sampling import sample
 from smcdiff.types import Tensor
 
 __all__ = [
@@ -58,11 +66,6 @@ def _one_generator(generator) -> torch.Generator:
     return generator
 
 
-def _b(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.dim() - 1)))
-
-
-# ------------------------------------------------------------------------------------------ EDM
 def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, P_mean: float = -1.2, P_std: float = 1.2,
              sigma_data: float = 0.5, reduction: str = "mean") -> Tensor:
     """EDM's denoising loss on a batch ``x0 : (N, *event)``, in ``x0``'s dtype.
@@ -81,9 +84,9 @@ def edm_loss(denoiser, x0: Tensor, generator: torch.Generator, P_mean: float = -
     n = _rng.randn(tuple(x0.shape), g, dtype, x0.device)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     # Weighted squared error of the denoised batch.
-    err = (denoiser(x0 + _b(sigma, x0) * n, sigma).to(dtype) - x0) ** 2
-    per_sample = weight * err.reshape(x0.shape[0], -1).sum(dim=1)
-    return per_sample.mean() if reduction == "mean" else per_sample
+    err = (denoiser(x0 + per_sample(sigma, x0) * n, sigma).to(dtype) - x0) ** 2
+    losses = weight * err.reshape(x0.shape[0], -1).sum(dim=1)
+    return losses.mean() if reduction == "mean" else losses
 
 
 def _ema_beta(ema: float, step: int) -> float:
@@ -204,12 +207,9 @@ def sample_vp_time(n: int, generator: torch.Generator, t_min: float = 1e-5) -> T
 def model_samples(denoiser, num: int, *, steps: int, generator: torch.Generator) -> Tensor:
     """``num`` samples ``(num, *denoiser.event_shape)`` float32 of ``denoiser`` by the deterministic
     EDM Heun sampler with ``steps`` steps: the "fake" set DG trains its discriminator on."""
-    from smcdiff.kernels import karras_sigmas
-    from smcdiff.methods import dg
-
-    out = dg(denoiser, karras_sigmas(steps), num_samples=num, shape=tuple(denoiser.event_shape),
-             generator=_one_generator(generator))
-    return out.x.to(torch.float32)
+    res = sample(denoiser, karras_sigmas(steps), EDMHeun(), num_groups=num, num_particles=1,
+                 shape=tuple(denoiser.event_shape), generator=_one_generator(generator))
+    return res.x[:, 0].to(torch.float32)
 
 
 def discriminator_loss(disc, real: Tensor, fake: Tensor, generator: torch.Generator, t_min: float = 1e-5) -> Tensor:
@@ -226,7 +226,7 @@ def discriminator_loss(disc, real: Tensor, fake: Tensor, generator: torch.Genera
     t = sample_vp_time(x.shape[0], g, t_min).to(x.device)
     alpha = vp_alpha(t)
     z = _rng.randn(tuple(x.shape), g, x.dtype, x.device)
-    x_t = _b(alpha, x) * x + _b(torch.sqrt(-torch.expm1(-_I(t, VP_BETA_MIN, VP_BETA_MAX))), x) * z
+    x_t = per_sample(alpha, x) * x + per_sample(torch.sqrt(-torch.expm1(-_I(t, VP_BETA_MIN, VP_BETA_MAX))), x) * z
     # Binary cross-entropy on the logit.
     logit = disc.logit(x_t, t)
     return F.binary_cross_entropy_with_logits(logit, labels.to(logit.device, logit.dtype))

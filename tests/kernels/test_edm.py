@@ -74,22 +74,11 @@ def test_churn_window():
     assert EDMHeun(S_churn=1).stochastic and not EDMHeun().stochastic
 
 
-def test_heun_mixed_final_step_counts_nfe_per_sample():
-    # Per-sample sigma: samples whose next level is 0 take the Euler step (1 NFE), others Heun (2).
-    calls = []
-
-    def counting(x, sigma):
-        calls.append(x.shape[0])
-        return gauss_denoiser(x, sigma)
-
-    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
-    t_cur = torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
-    t_next = torch.tensor([0.5, 0.0, 0.1], dtype=torch.float64)
-    out = heun_step(counting, x, t_cur, t_next)
-    assert out.nfe.tolist() == [2, 1, 2] and calls == [3, 2]
-    for j in range(3):
-        ref = heun_step(gauss_denoiser, x[j:j + 1], t_cur[j:j + 1], t_next[j:j + 1])
-        torch.testing.assert_close(out.x[j:j + 1], ref.x, rtol=0, atol=1e-15)
+def test_heun_refuses_a_batch_whose_samples_sit_at_different_steps():
+    x = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="heun_step_per_slot"):
+        heun_step(gauss_denoiser, x, torch.tensor([1.0, 0.5], dtype=torch.float64),
+                  torch.tensor([0.5, 0.0], dtype=torch.float64))
 
 
 def test_euler_maruyama_log_prob_is_the_gaussian_density():

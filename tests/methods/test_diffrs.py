@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from smcdiff.kernels import EDMHeun, karras_sigmas
-from smcdiff.methods.diffrs import (accept, diffrs, estimate_log_M, log_M_from_ratios, needs_restart,
-                                    renoise)
+from smcdiff.methods.rejection_sampling import (accept, diffrs, estimate_log_M, heun_step_per_slot, log_M_from_ratios,
+                                                needs_restart, renoise)
 from smcdiff.models import GaussianMixture
 from tests.methods.problems import pair_1d, pair_2d, zero_ratio
 
@@ -344,3 +344,26 @@ def test_termination_guard():
         diffrs(model.denoise, sig, log_M=never, **kw)
     with pytest.raises(RuntimeError, match="max_rounds=3"):
         diffrs(model.denoise, sig, log_M=(torch.zeros(5), torch.zeros(5)), **{**kw, "max_rounds": 3})
+
+
+def gauss_denoiser(x, sigma):
+    # exact denoiser of N(0, 1) data (moved with the test from tests/kernels/test_edm.py)
+    return x / (1.0 + sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2)
+
+
+def test_heun_mixed_final_step_counts_nfe_per_sample():
+    # Per-sample sigma: samples whose next level is 0 take the Euler step (1 NFE), others Heun (2).
+    calls = []
+
+    def counting(x, sigma):
+        calls.append(x.shape[0])
+        return gauss_denoiser(x, sigma)
+
+    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    t_cur = torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
+    t_next = torch.tensor([0.5, 0.0, 0.1], dtype=torch.float64)
+    out = heun_step_per_slot(counting, x, t_cur, t_next)
+    assert out.nfe.tolist() == [2, 1, 2] and calls == [3, 2]
+    for j in range(3):
+        ref = heun_step_per_slot(gauss_denoiser, x[j:j + 1], t_cur[j:j + 1], t_next[j:j + 1])
+        torch.testing.assert_close(out.x[j:j + 1], ref.x, rtol=0, atol=1e-15)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from smcdiff.kernels import EDMHeun, karras_sigmas
-from smcdiff.methods.particle_filter import FFHQ64_EDM_RESAMPLE, default_resample_at, particle_filter
-from smcdiff.methods.restart import FFHQ64_RESTART, IMAGENET64_RESTART, restart_nfe, restart_sampler
+from smcdiff.kernels.restart import FFHQ64_RESTART, IMAGENET64_RESTART, restart_nfe
+from smcdiff.methods import particle_filter, restart_sampler
+from smcdiff.methods.particle_filtering import FFHQ64_EDM_RESAMPLE, default_resample_at
 
 from .problems import pair_1d, zero_ratio
 

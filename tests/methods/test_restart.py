@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from smcdiff.kernels import EDMHeun, karras_sigmas
-from smcdiff.methods.restart import (
+from smcdiff.kernels.restart import (
     FFHQ64_RESTART, FFHQ64_RESTART_SPEC, IMAGENET64_RESTART, IMAGENET64_RESTART_SPEC, RestartInterval,
-    attach_restarts, format_restart, parse_restart, restart_grid, restart_nfe, restart_sampler,
+    attach_restarts, format_restart, parse_restart, restart_grid, restart_nfe,
 )
+from smcdiff.methods import restart_sampler
 
 from .problems import pair_1d
 

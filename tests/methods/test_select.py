@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from smcdiff.kernels import EDMHeun, karras_sigmas
-from smcdiff.methods.restart import IMAGENET64_RESTART, restart_sampler
-from smcdiff.methods.select import best_of_n, discriminator_select
+from smcdiff.kernels.restart import IMAGENET64_RESTART
+from smcdiff.methods import best_of_n, discriminator_select, restart_sampler
 
 from .problems import pair_1d
 

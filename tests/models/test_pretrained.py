@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from smcdiff.data import load_digits
-from smcdiff.models.pretrained import DIGITS_RECIPE, load_digits_models, train_digits_models
+from smcdiff.apps.train import train_digits_models
+from smcdiff.models.pretrained import DIGITS_RECIPE, load_digits_models
 from smcdiff.models.small_nets import ConvDenoiser, ConvTimeDiscriminator, DigitsClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from smcdiff.methods import registry
+
 __all__ = ["Run", "Summary", "TableConfig", "check_results_folder", "format_markdown", "method_specs", "plot_summary", "read_results",
            "run_table", "summarize", "write_results"]
 
@@ -122,20 +124,19 @@ class MethodSpec:
 
 def method_specs(cfg: TableConfig) -> list[MethodSpec]:
     """The runs of the table, base curve first."""
-    from smcdiff import methods
-
+    m = registry.method
     n = cfg.steps
-    specs = [MethodSpec(f"EDM Heun, {s} steps", "base", s, methods.dg, uses_disc=False) for s in cfg.base_steps]
+    specs = [MethodSpec(f"EDM Heun, {s} steps", "base", s, m("edm"), uses_disc=False) for s in cfg.base_steps]
     specs += [
-        MethodSpec("ε-scaling (b = 1.004)", "eps-scaling", n, methods.sedm, uses_disc=False),
-        MethodSpec("DG (EDM-G++, w = 2)", "dg", n, methods.dg),
-        MethodSpec("SEDM-G++ (b = 1.004, w = 1.67)", "sedm-g++", n, methods.sedm),
-        MethodSpec(f"DiffRS (γ = {cfg.rej_percentile})", "diffrs", n, methods.diffrs,
+        MethodSpec("ε-scaling (b = 1.004)", "eps-scaling", n, m("sedm"), uses_disc=False),
+        MethodSpec("DG (EDM-G++, w = 2)", "dg", n, m("dg")),
+        MethodSpec("SEDM-G++ (b = 1.004, w = 1.67)", "sedm-g++", n, m("sedm")),
+        MethodSpec(f"DiffRS (γ = {cfg.rej_percentile})", "diffrs", n, m("diffrs"),
                    dict(rej_percentile=cfg.rej_percentile)),
     ]
-    specs += [MethodSpec(f"particle filter, K = {k}", "pf", n, methods.particle_filter,
+    specs += [MethodSpec(f"particle filter, K = {k}", "pf", n, m("pf"),
                          dict(num_particles=k, S_churn=cfg.pf_churn, select="argmax")) for k in cfg.particles]
-    specs += [MethodSpec(f"discriminator-select, K = {k}", "select", n, methods.discriminator_select,
+    specs += [MethodSpec(f"discriminator-select, K = {k}", "select", n, m("d-select"),
                          dict(num_particles=k)) for k in cfg.select_particles]
     return specs
 

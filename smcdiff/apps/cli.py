@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smcdiff.apps.options import command as _command
+from smcdiff.apps.options import non_negative as _non_negative
+from smcdiff.apps.options import positive_int as _positive_int
+from smcdiff.apps.options import unit_interval as _unit_interval
+
 __all__ = ["main", "build_parser"]
 
 _DEMO_EPILOG = """\
@@ -20,33 +25,6 @@ examples:
   smcdiff demo --particles 2048 --groups 4 --steps 64 --out demo.png
   smcdiff demo --scheme multinomial --ess-threshold 1.0 --no-plot
 """
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def _command(sub, name: str, *, help: str, description: str, epilog: str, width: int = 32):
-    """A subcommand whose description and epilog keep their line breaks."""
-    return sub.add_parser(name, help=help, description=description, epilog=epilog,
-                          formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=width))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,14 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-plot", action="store_true", help="skip the figure")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cmp_.set_defaults(func=_run_compare)
-    _add_generate(sub)
+    from smcdiff.apps.generate_cli import add_generate_parser
+
+    add_generate_parser(sub, _command)
     _add_train(sub)
     _add_table(sub)
     return parser
 
 
 def _add_train(sub) -> None:
-    from smcdiff.train import DATASETS
+    from smcdiff.apps.train import DATASETS
 
     t = _command(
         sub, "train",
@@ -143,7 +123,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from smcdiff.train import train_classifier_on, train_denoiser_on, train_discriminator_on
+    from smcdiff.apps.train import train_classifier_on, train_denoiser_on, train_discriminator_on
 
     progress = not args.no_progress
     if args.what == "digits-models":
@@ -154,7 +134,7 @@ def _run_train(args) -> int:
         if ignored:
             raise SystemExit(f"error: digits-models takes its settings from --recipe, not {', '.join(ignored)} "
                              f"(e.g. --recipe '{{\"denoiser\": {{\"steps\": 6000}}}}')")
-        from smcdiff.models.pretrained import train_digits_models
+        from smcdiff.apps.train import train_digits_models
 
         import json
 
@@ -247,7 +227,7 @@ def _run_table(args) -> int:
 
     import torch
 
-    from smcdiff.table import (TableConfig, check_results_folder, format_markdown, read_results, run_table, summarize,
+    from smcdiff.apps.table import (TableConfig, check_results_folder, format_markdown, read_results, run_table, summarize,
                                write_results)
 
     if args.from_json:
@@ -294,133 +274,8 @@ def _run_table(args) -> int:
     return 0
 
 
-_GEN_EPILOG = """\
-conventions (EDM's): one PNG per seed ({seed:06d}.png, in {seed//1000*1000:06d}/ with --subdirs); each
-seed has its own generator (latents, label, noise); for SMC methods one seed is one SMC run.
-Under torchrun the batches of seeds are dealt round-robin over ranks; only rank 0 prints.
-
-examples:
-  smcdiff generate --network edm-cifar10-32x32-uncond-vp.pkl --outdir out --seeds 0-49999 --batch 100
-  smcdiff generate --network edm-cifar10-32x32-uncond-vp.pkl --outdir out --seeds 0-49999 --method dg \\
-      --classifier 32x32_classifier.pt --discriminator discriminator_60.pt --w1 2.0
-  torchrun --standalone --nproc_per_node=2 -m smcdiff.cli generate --network NET.pkl --outdir out --seeds 0-99
-"""
-
-
-def _add_generate(sub) -> None:
-    from smcdiff.generate import METHODS
-
-    g = _command(
-        sub, "generate",
-        help="sample images from an EDM network pickle with any method (EDM conventions, torchrun)",
-        description="Sample one PNG per seed from a local EDM network pickle, with the EDM sampler or a "
-        "discriminator-corrected method. Reads local files only.",
-        epilog=_GEN_EPILOG,
-        width=34,
-    )
-    g.add_argument("--network", required=True, metavar="PKL", help="local EDM network pickle (edm-*.pkl)")
-    g.add_argument("--trust-code", action="store_true",
-                   help="execute the source code embedded in the pickle (default: a safe loader that runs none)")
-    g.add_argument("--outdir", required=True, metavar="DIR", help="where to write the images")
-    g.add_argument("--seeds", default="0-63", metavar="LIST", help="seeds, e.g. 0-63 or 1,2,5-10 (default: %(default)s)")
-    g.add_argument("--subdirs", action="store_true", help="one subdirectory per 1000 seeds")
-    g.add_argument("--batch", type=_positive_int, default=64, metavar="N", help="seeds per batch (default: %(default)s)")
-    g.add_argument("--class", dest="class_idx", type=int, default=None, metavar="C",
-                   help="class label (default: random per seed)")
-    g.add_argument("--method", choices=METHODS, default="edm", help="sampling method (default: %(default)s)")
-    g.add_argument("--steps", type=_positive_int, default=18, metavar="N", help="sampler steps (default: %(default)s)")
-    g.add_argument("--sigma_min", type=float, default=0.002, help="lowest noise level (default: %(default)s)")
-    g.add_argument("--sigma_max", type=float, default=80.0, help="highest noise level (default: %(default)s)")
-    g.add_argument("--rho", type=float, default=7.0, help="schedule exponent (default: %(default)s)")
-    g.add_argument("--S_churn", type=_non_negative, default=0.0, help="stochasticity strength (default: %(default)s)")
-    g.add_argument("--S_min", type=_non_negative, default=0.0, help="churn window low end (default: %(default)s)")
-    g.add_argument("--S_max", type=float, default=float("inf"), help="churn window high end (default: %(default)s)")
-    g.add_argument("--S_noise", type=float, default=1.0, help="churn noise inflation (default: %(default)s)")
-    g.add_argument("--classifier", metavar="PT", help="ADM noisy classifier state dict (32x32_classifier.pt, 64x64_classifier.pt)")
-    g.add_argument("--discriminator", metavar="PT", help="DG discriminator head state dict (discriminator_60.pt, ...)")
-    g.add_argument("--w1", type=float, default=None, help="DG weight on the Euler evaluation (dg: 2.0, sedm: 1.67)")
-    g.add_argument("--w2", type=float, default=None, help="DG weight on the Heun correction (dg: 0.0)")
-    g.add_argument("--boosting", action="store_true", help="DG boosting (dg/sedm)")
-    g.add_argument("--eps-scaler", type=float, default=None, help="epsilon scaling b (sedm: 1.004)")
-    g.add_argument("--rej-percentile", type=float, default=0.75, help="DiffRS quantile of M (default: %(default)s)")
-    g.add_argument("--max-iter", type=int, default=None, help="DiffRS NFE cap per sample (README: 105)")
-    g.add_argument("--particles", type=_positive_int, default=4, metavar="K", help="PF particles per seed (default: %(default)s)")
-    g.add_argument("--resample-at", default=None, metavar="LIST", help="PF resampling steps, e.g. 15,19,23,27")
-    g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
-    g.add_argument("--manifest", action="store_true", help="also write manifest-rank{r}.txt listing this rank's seeds")
-    g.set_defaults(func=_run_generate)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _method_params(args) -> dict:
-    params = {}
-    churn = dict(S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise)
-    if args.method in ("edm", "dg", "sedm", "diffrs", "pf"):
-        params.update(churn)
-    if args.method in ("dg", "sedm"):
-        for name in ("w1", "w2"):
-            if getattr(args, name) is not None:
-                params[name] = getattr(args, name)
-        if args.eps_scaler is not None:
-            params["eps_scaler"] = args.eps_scaler
-        params["boosting"] = args.boosting
-    if args.method == "diffrs":
-        params.update(rej_percentile=args.rej_percentile, max_iter=args.max_iter)
-    if args.method == "pf":
-        params["num_particles"] = args.particles
-        if args.resample_at:
-            params["resample_at"] = [int(v) for v in args.resample_at.split(",")]
-    return params
-
-
-def _run_generate(args) -> int:
-    import torch
-
-    from smcdiff.generate import dist_info, generate, parse_seeds
-    from smcdiff.models.pickle_loader import load_edm
-
-    rank, world = dist_info()
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    seeds = parse_seeds(args.seeds)
-    net = load_edm(args.network, trust_code=args.trust_code).to(args.device)
-    log_ratio = None
-    if args.method in ("dg", "sedm", "diffrs", "pf") and (args.classifier or args.discriminator):
-        if not (args.classifier and args.discriminator):
-            raise SystemExit("error: --classifier and --discriminator go together")
-        from smcdiff.models.discriminator import DGDiscriminator
-
-        clip = 1e-6 if args.method == "pf" else 1e-5  # PF clips d to [1e-6, 1-1e-6], DG to [1e-5, 1-1e-5]
-        log_ratio = DGDiscriminator.load(args.classifier, args.discriminator, img_resolution=net.img_resolution,
-                                         clip=clip).to(args.device)
-        if args.method == "diffrs":
-            log_ratio = log_ratio.logit  # DiffRS tests the raw logit (no sigmoid, no clipping)
-    if rank == 0:
-        print(f"smcdiff generate: {len(seeds)} seeds, method {args.method}, {world} process(es), device {args.device}")
-    paths = generate(net, seeds, args.outdir, method=args.method, batch=args.batch, subdirs=args.subdirs,
-                     steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
-                     class_idx=args.class_idx, log_ratio=log_ratio, method_params=_method_params(args),
-                     rank=rank, world=world, device=args.device, progress=rank == 0)
-    if args.manifest:
-        from pathlib import Path
-
-        names = "\n".join(p.stem for p in paths)
-        (Path(args.outdir) / f"manifest-rank{rank}.txt").write_text(names + ("\n" if names else ""))
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    if rank == 0:
-        print(f"done: images in {args.outdir}")
-    return 0
-
-
 def _run_demo(args) -> int:
-    from smcdiff.demo import format_table, plot_demo, run_demo
+    from smcdiff.apps.demo import format_table, plot_demo, run_demo
 
     rows, samples = run_demo(num_groups=args.groups, num_particles=args.particles, num_steps=args.steps,
                              S_churn=args.churn, ess_threshold=args.ess_threshold, scheme=args.scheme,
@@ -436,7 +291,7 @@ def _run_demo(args) -> int:
 
 
 def _run_compare(args) -> int:
-    from smcdiff.compare import format_rows, plot_rows, run_compare
+    from smcdiff.apps.compare import format_rows, plot_rows, run_compare
 
     rows = run_compare(num_samples=args.samples, steps=args.steps, num_particles=args.particles, seed=args.seed,
                        progress=not args.no_progress)

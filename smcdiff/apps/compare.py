@@ -8,7 +8,7 @@ data component against its weight) and the sliced 1-Wasserstein distance to a fr
 of the same size. The noise floor of the second is printed too: the same distance between two
 exact samples.
 
-    >>> from smcdiff.compare import run_compare, format_rows
+    >>> from smcdiff.apps.compare import run_compare, format_rows
     >>> rows = run_compare(num_samples=64, steps=6, num_particles=2)
     >>> [r.method for r in rows][:3]
     ['exact data sample (noise floor)', 'edm', 'edm (matched NFE of K=2)']
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from smcdiff.kernels import karras_sigmas
+from smcdiff.methods import registry
 from smcdiff.metrics.samples import sliced_wasserstein
 from smcdiff.models.pairs import mixture_pair_2d
 
@@ -47,21 +48,18 @@ def compare_problem():
 
 
 def _runs(K: int, steps: int):
-    from smcdiff import methods
-
+    m = registry.method
     matched = (K * (2 * steps - 1) + 1) // 2  # base steps with about the NFE of K particles
     return [
-        ("edm", steps, methods.dg, dict(log_ratio=None)),
-        (f"edm (matched NFE of K={K})", matched, methods.dg, dict(log_ratio=None)),
-        ("eps-scaling (b=1.004)", steps, methods.sedm, dict(log_ratio=None)),
-        ("dg (w1=2)", steps, methods.dg, {}),
-        ("sedm-g++", steps, methods.sedm, {}),
-        ("diffrs (γ=0.75)", steps, methods.diffrs, dict(rej_percentile=0.75)),
-        (f"particle filter K={K}, argmax", steps, methods.particle_filter,
-         dict(num_particles=K, S_churn=10.0, select="argmax")),
-        (f"particle filter K={K}, weighted", steps, methods.particle_filter,
-         dict(num_particles=K, S_churn=10.0, select="weighted")),
-        (f"discriminator-select K={K}", steps, methods.discriminator_select, dict(num_particles=K)),
+        ("edm", steps, m("edm"), {}),
+        (f"edm (matched NFE of K={K})", matched, m("edm"), {}),
+        ("eps-scaling (b=1.004)", steps, m("sedm"), dict(log_ratio=None)),
+        ("dg (w1=2)", steps, m("dg"), {}),
+        ("sedm-g++", steps, m("sedm"), {}),
+        ("diffrs (γ=0.75)", steps, m("diffrs"), dict(rej_percentile=0.75)),
+        (f"particle filter K={K}, argmax", steps, m("pf"), dict(num_particles=K, S_churn=10.0, select="argmax")),
+        (f"particle filter K={K}, weighted", steps, m("pf"), dict(num_particles=K, S_churn=10.0, select="weighted")),
+        (f"discriminator-select K={K}", steps, m("d-select"), dict(num_particles=K)),
     ]
 
 

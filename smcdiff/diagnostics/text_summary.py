@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
-from smcdiff.diagnostics._read import _read
+from smcdiff.engine.records import read_run
 
 
 def summary(result) -> str:
     """A short text table of a run: final ESS/K (mean/min/max over groups), resampling events per
     group, NFE per particle, the log-evidence mean ± sd over groups and, when present, the mean
     acceptance rate of rejection control."""
-    run = _read(result, with_x=False)
+    run = read_run(result, with_x=False)
     final = run.ess[-1] / run.K
     events = run.resampled.sum(axis=0)
     head = f"smcdiff run: {run.G} groups x {run.K} particles, {run.T} steps"

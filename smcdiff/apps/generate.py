@@ -37,11 +37,12 @@ import numpy as np
 import torch
 
 from smcdiff.kernels.schedules import karras_sigmas
+from smcdiff.methods import registry
 
 __all__ = ["METHODS", "parse_seeds", "rank_batches", "generate", "to_uint8", "image_path", "dist_info"]
 
-#: ``--method`` names and the smcdiff method each one runs.
-METHODS = ("edm", "dg", "sedm", "diffrs", "pf")
+#: ``--method`` names: the registered methods that need nothing but a discriminator (no Python callable).
+METHODS = tuple(name for name, spec in registry.METHODS.items() if spec.needs in (None, "log_ratio"))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -125,19 +126,14 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
     ``method`` one of :data:`METHODS`; ``log_ratio`` the discriminator for dg/sedm/diffrs/pf;
     ``method_params`` extra keywords for the method (churn knobs, w1, num_particles, ...).
     """
-    from smcdiff import methods
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if method in ("dg", "diffrs", "pf") and log_ratio is None:
+    spec = registry.method(method)
+    if spec.needs == "log_ratio" and log_ratio is None:
         raise ValueError(f"method {method!r} needs a discriminator (log_ratio / --discriminator)")
     if rank is None or world is None:
         rank, world = dist_info()
     params = dict(method_params or {})
-    fn = {"edm": methods.dg, "dg": methods.dg, "sedm": methods.sedm, "diffrs": methods.diffrs,
-          "pf": methods.particle_filter}[method]
-    if method == "edm":
-        log_ratio = None
     shape = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
     sigmas = _schedule(net, steps, sigma_min, sigma_max, rho)
     my_batches = rank_batches(list(seeds), batch, rank, world)
@@ -149,7 +145,7 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
     for batch_seeds in my_batches:
         gens = [torch.Generator(device=device).manual_seed(s % (1 << 32)) for s in batch_seeds]
         n = len(batch_seeds)
-        if method == "pf":
+        if spec.particles:
             K = int(params.get("num_particles", 4))
             z = torch.stack([torch.randn((K,) + shape, generator=g, device=device) for g in gens])
         else:  # float32 latents widened to float64, as EDM draws them
@@ -158,10 +154,10 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
         labels = _labels(net, gens, class_idx, device)
         cond = {}
         if labels is not None:
-            cond["class_labels"] = labels[:, None].expand(n, z.shape[1], -1) if method == "pf" else labels
-        generator = gens if method != "diffrs" else gens[0]
-        out = fn(net, sigmas, log_ratio=log_ratio, num_samples=n, shape=shape, generator=generator, x_init=z,
-                 cond=cond or None, **params)
+            cond["class_labels"] = labels[:, None].expand(n, z.shape[1], -1) if spec.particles else labels
+        generator = gens[0] if spec.one_generator else gens
+        out = spec(net, sigmas, log_ratio=log_ratio, num_samples=n, shape=shape, generator=generator, x_init=z,
+                   cond=cond or None, **params)
         for seed, img in zip(batch_seeds, to_uint8(out.x.to(torch.float32))):
             path = image_path(outdir, seed, subdirs)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,26 @@
-"""Reading an SMC result into plain numpy arrays, with shape checks (shared by export and plots)."""
+"""Reading an SMC result into plain NumPy arrays, with shape checks (shared by the ArviZ export,
+the plots and the text summary of :mod:`smcdiff.diagnostics`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
 
 _REQUIRED = ("x", "log_weights", "log_evidence", "ess", "resampled", "ancestors", "log_evidence_increments")
-_MAX_GROUPS_DRAWN = 16
-_MAX_LINEAGES = 128
+MAX_GROUPS_DRAWN = 16
+MAX_LINEAGES = 128
 
 
 # ----------------------------------------------------------------------------- reading a result
 
 
 @dataclass(frozen=True)
-class _Run:
+class RunArrays:
     """A result's fields as NumPy arrays (copies), validated against (G, K, T)."""
 
     G: int
@@ -64,12 +62,12 @@ def _name(name: Any) -> str:
     return str(name).replace("/", "_")  # "/" separates groups in NetCDF
 
 
-def _read(result: Any, with_x: bool = True) -> _Run:
+def read_run(result: Any, with_x: bool = True) -> RunArrays:
     """Validate ``result`` and copy its fields (``x`` only when ``with_x``: plots do not need it)."""
     missing = [name for name in _REQUIRED if getattr(result, name, None) is None]
     if missing:
         raise TypeError(
-            f"expected an SMCResult / SampleResult (from smcdiff.sample or smcdiff.engine.run), "
+            f"expected an SMCResult / Result (from smcdiff.sample, a method or smcdiff.engine.run), "
             f"got a {type(result).__name__} missing {', '.join(missing)}"
         )
     log_w = _array(result.log_weights, "log_weights")
@@ -83,6 +81,8 @@ def _read(result: Any, with_x: bool = True) -> _Run:
     _expect(ess, (T, G), "ess", "(T, G)")
 
     raw_x = result.x
+    if getattr(result, "selected", None) is not None:  # x holds one chosen particle per group: read them all
+        raw_x = result.particles
     items = raw_x.items() if isinstance(raw_x, Mapping) else [("x", raw_x)]
     x = {}
     for name, value in items:
@@ -117,7 +117,7 @@ def _read(result: Any, with_x: bool = True) -> _Run:
 
     nfe = getattr(result, "nfe", None)
     nfe_total = getattr(result, "nfe_total", None)
-    return _Run(
+    return RunArrays(
         G=G, K=K, T=T, x=x,
         log_weights=log_w.astype(np.float64),
         log_evidence=_expect(_array(result.log_evidence, "log_evidence"), (G,), "log_evidence", "(G,)"),
@@ -134,12 +134,11 @@ def _read(result: Any, with_x: bool = True) -> _Run:
     )
 
 
-def _version() -> str:
-    import smcdiff
+def smcdiff_version() -> str:
+    """The installed smcdiff's version (``"unknown"`` when run from a source tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return getattr(smcdiff, "__version__", "unknown")
-
-
-# ----------------------------------------------------------------------------- ArviZ export
-
-
+    try:
+        return version("smcdiff")
+    except PackageNotFoundError:
+        return "unknown"

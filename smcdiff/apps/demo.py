@@ -11,7 +11,7 @@ discriminator, so every answer is known in closed form:
 4. ``smc-posterior``: SMC tilting the data mixture by a Gaussian likelihood N(y; A x, R); the exact
    posterior (weights, mean) and evidence come from :meth:`GaussianMixture.condition`.
 
-    >>> from smcdiff.demo import run_demo
+    >>> from smcdiff.apps.demo import run_demo
     >>> rows, samples = run_demo(num_groups=4, num_particles=256, seed=0)
 """
 

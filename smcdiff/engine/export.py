@@ -1,4 +1,4 @@
-"""ArviZ export of SMC results (layout in :mod:`smcdiff.diagnostics`)."""
+"""ArviZ export of SMC results (layout in :mod:`smcdiff.diagnostics`); every result type's ``to_arviz``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import arviz
 
-from smcdiff.diagnostics._read import _read, _version
+from smcdiff.engine.records import read_run, smcdiff_version
 
 
 def to_arviz(result) -> arviz.InferenceData:
@@ -24,11 +24,11 @@ def to_arviz(result) -> arviz.InferenceData:
     The arrays are copies: the InferenceData does not share memory with the result's tensors.
     Raises ``TypeError`` when a required field is missing, ``ValueError`` when a shape disagrees.
     """
-    run = _read(result)
+    run = read_run(result)
     import arviz as az
     import xarray as xr
 
-    version = _version()
+    version = smcdiff_version()
     group_attrs = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "arviz_version": az.__version__,
@@ -91,8 +91,5 @@ def to_arviz(result) -> arviz.InferenceData:
     if run.nfe_total is not None:
         attrs["nfe_total"] = run.nfe_total
     return az.InferenceData(attrs=attrs, **groups)
-
-
-# ----------------------------------------------------------------------------- plot
 
 

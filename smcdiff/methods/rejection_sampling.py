@@ -49,7 +49,7 @@ by ``num_samples``; ``disc_calls`` likewise for ℓ. The warm-up is reported apa
 
     >>> import torch, smcdiff
     >>> from smcdiff.models import GaussianMixture
-    >>> from smcdiff.methods.diffrs import diffrs
+    >>> from smcdiff.methods import diffrs
     >>> f64 = torch.float64                       # the mixtures of smcdiff.models.pairs.mixture_pair_1d
     >>> data = GaussianMixture(torch.tensor([0.7, 0.3], dtype=f64), torch.tensor([[-1.0], [1.5]], dtype=f64),
     ...                        torch.tensor([0.09, 0.16], dtype=f64))
@@ -70,144 +70,30 @@ by ``num_samples``; ``disc_calls`` likewise for ℓ. The warm-up is reported apa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 
 from smcdiff import _rng
+from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.edm import EDMHeun
-from smcdiff.kernels.steps import churn, heun_step
-from smcdiff.methods.base import CallCounter, MethodResult, initial_latents, validate_common
-from smcdiff.types import Tensor
+from smcdiff.kernels.steps import churn
+from smcdiff.methods.base import initial_latents, validate_common
+from smcdiff.methods.rejection_parts import (
+    accept, check_cond_rows, check_percentile, estimate_log_M, heun_step_per_slot, log_M_from_ratios,
+    log_ratio_values, needs_restart, renoise, rows_of, single_generator,
+)
+from smcdiff.results import Result
+from smcdiff.types import Denoiser, LogRatio, Tensor
 
-__all__ = ["diffrs", "estimate_log_M", "log_M_from_ratios", "accept", "renoise", "needs_restart"]
-
-U_OFFSET = 1e-7  # the reference adds this to U before the log, so log(U + 1e-7) is never −∞
-
-
-# --------------------------------------------------------------------------- small pure pieces
-def accept(ell: Tensor, log_M: Tensor, u: Tensor, ell_prev: Tensor | None = None) -> Tensor:
-    """The DiffRS test ``ℓ ≥ log M + log(U + 1e−7) (+ ℓprev)`` → bool ``(n,)``.
-
-    Without ``ell_prev`` it is the marginal test (probability min(1, e^ℓ/M)); with it, the
-    transition test (min(1, e^{ℓ − ℓprev}/M)). All arguments ``(n,)`` (or broadcastable).
-    """
-    bound = log_M + torch.log(u + U_OFFSET)
-    if ell_prev is not None:
-        bound = bound + ell_prev
-    return ell >= bound
-
-
-def renoise(x: Tensor, t_from: Tensor, t_to: Tensor, eps: Tensor) -> Tensor:
-    """Forward-noise ``x : (n, *event)`` from σ = ``t_from`` up to ``t_to`` (both ``(n,)``):
-    ``x + sqrt(t_to² − t_from²)·ε``."""
-    scale = torch.sqrt(t_to**2 - t_from**2)
-    return x + scale.reshape(-1, *([1] * (x.dim() - 1))) * eps
-
-
-def needs_restart(nfe: Tensor, k: Tensor, num_steps: int, max_iter: int | None) -> Tensor:
-    """Slots that cannot finish within ``max_iter`` NFE: ``nfe + (2N − 1 − 2k) > max_iter`` → bool."""
-    if max_iter is None:
-        return torch.zeros_like(k, dtype=torch.bool)
-    return nfe + (2 * num_steps - 1 - 2 * k) > max_iter
-
-
-def log_M_from_ratios(ratios: Tensor, rej_percentile: float = 0.75, no_zero: bool = False) -> tuple[Tensor, Tensor]:
-    """log M from warm-up records ``ratios : (W, N+1)``, column k = ℓ_k(x_k) along W trajectories.
-
-    Returns ``(log_M_marginal, log_M_transition)``, each ``(N+1,)``: the γ-quantiles (linear
-    interpolation, as ``torch.quantile``) of ℓ_k and of ℓ_k − ℓ_{k−1} (column 0: zeros), floored at 0
-    unless ``no_zero``.
-    """
-    _check_percentile(rej_percentile)
-    ratios = torch.as_tensor(ratios, dtype=torch.float64)
-    if ratios.dim() != 2 or ratios.shape[0] < 1 or ratios.shape[1] < 2:
-        raise ValueError(f"expected warm-up ratios of shape (W, N+1), got {tuple(ratios.shape)}")
-    steps = torch.cat([torch.zeros_like(ratios[:, :1]), ratios[:, 1:] - ratios[:, :-1]], dim=1)
-    marg = torch.quantile(ratios, rej_percentile, dim=0)
-    trans = torch.quantile(steps, rej_percentile, dim=0)
-    if not no_zero:
-        marg, trans = marg.clamp_min(0.0), trans.clamp_min(0.0)
-    return marg, trans
-
-
-def _check_percentile(rej_percentile) -> None:
-    if not isinstance(rej_percentile, (int, float)) or not 0.0 <= rej_percentile <= 1.0:
-        raise ValueError("rej_percentile must be a number in [0, 1] (the quantile γ of the warm-up ratios), "
-                         f"got {rej_percentile!r}")
-
-
-def _ell(log_ratio, x: Tensor, sigma: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-    """ℓ(x, σ, **cond) as float64 ``(n,)``, checking the shape."""
-    out = log_ratio(x, sigma, **cond)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0],):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"log_ratio must return one value per sample, shape ({x.shape[0]},), got {got}")
-    return out.to(torch.float64)
-
-
-def _rows(cond: Mapping[str, Tensor], idx: Tensor) -> dict:
-    return {name: v[idx] for name, v in cond.items()}
-
-
-def _check_cond(cond, n: int, what: str) -> dict:
-    cond = dict(cond or {})
-    for name, v in cond.items():
-        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] != n:
-            raise ValueError(f"cond[{name!r}] must be a tensor with one row per {what} ({n})")
-    return cond
-
-
-def _single_generator(generator) -> None:
-    _rng.check_generator(generator)
-    if not isinstance(generator, torch.Generator):
-        raise NotImplementedError(
-            "DiffRS takes one torch.Generator: continuous batching refills slots with new "
-            "trajectories at run-time, so per-sample generator streams cannot be kept")
-
-
-# --------------------------------------------------------------------------- phase 1: warm-up
-def estimate_log_M(denoiser, sigmas, log_ratio, *, num_warmup: int, shape, generator, rej_percentile: float = 0.75,
-                   no_zero: bool = False, batch_size: int | None = None, S_churn: float = 0.0, S_min: float = 0.0,
-                   S_max: float = math.inf, S_noise: float = 1.0, cond=None) -> tuple[Tensor, Tensor]:
-    """Phase 1 of DiffRS: run ``num_warmup`` plain EDM Heun trajectories, record ℓ_k(x_k) at every
-    level k = 0..N, and return ``(log_M_marginal, log_M_transition)``, each ``(N+1,)`` float64
-    (see :func:`log_M_from_ratios`).
-
-    Trajectories run in chunks of ``batch_size`` (default: all at once); each chunk draws its
-    latents ``(b, *shape)`` and then one churn noise per step from ``generator`` (one generator).
-    ``cond`` tensors have C rows; trajectory w uses row ``w % C``.
-    """
-    sigmas, shape = validate_common(sigmas, 1, shape)
-    _check_percentile(rej_percentile)
-    _single_generator(generator)
-    if not isinstance(num_warmup, int) or num_warmup < 1:
-        raise ValueError(f"num_warmup must be an int >= 1, got {num_warmup!r}")
-    batch_size = num_warmup if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    cond = dict(cond or {})
-    rows_of = {name: v.shape[0] for name, v in cond.items()}
-    kernel = EDMHeun(S_churn, S_min, S_max, S_noise)
-    records = []
-    for start in range(0, num_warmup, batch_size):
-        w = torch.arange(start, min(start + batch_size, num_warmup))
-        c = {name: v[w % rows_of[name]] for name, v in cond.items()}
-        x = _rng.randn((len(w),) + shape, generator) * sigmas[0]
-        ell = [_ell(log_ratio, x, sigmas[0].expand(len(w)), c)]
-        for i in range(len(sigmas) - 1):
-            x = kernel(denoiser, x, sigmas, i, generator, c).x
-            ell.append(_ell(log_ratio, x, sigmas[i + 1].expand(len(w)), c))
-        records.append(torch.stack(ell, dim=1))
-    return log_M_from_ratios(torch.cat(records), rej_percentile, no_zero)
-
+__all__ = ["diffrs", "estimate_log_M", "log_M_from_ratios", "accept", "renoise", "needs_restart",
+           "heun_step_per_slot"]
 
 # --------------------------------------------------------------------------- phase 2: sampling
-def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
+def diffrs(denoiser: Denoiser, sigmas, *, log_ratio: LogRatio | None = None, num_samples: int, shape, generator, x_init=None,
            rej_percentile: float = 0.75, max_iter: int | None = None, batch_size: int | None = None,
            num_warmup: int | None = None, log_M=None, no_zero: bool = False, S_churn: float = 0.0,
            S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0, cond=None,
-           max_rounds: int | None = None) -> MethodResult:
+           max_rounds: int | None = None) -> Result:
     """Diffusion Rejection Sampling with continuous batching (REFERENCE §3a).
 
     Args:
@@ -231,7 +117,9 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
             default 1000·N·ceil(num_samples / batch_size). Exceeding it raises RuntimeError.
 
     Returns:
-        :class:`MethodResult` with ``x : (num_samples, *shape)`` float64 (row i = ticket i; with all
+        the :class:`~smcdiff.results.Result` (one particle per output, no weights; its per-step
+        ``accept_rate : (N, num_samples)`` is the transition acceptance rate into each level, pooled
+        over slots) with ``x : (num_samples, *shape)`` float64 (row i = ticket i; with all
         slots in lockstep, the order of the base sampler), ``nfe`` and ``disc_calls`` per output
         (sampling loop only), and ``diagnostics``: ``log_M`` (the pair, reusable),
         ``log_M_marginal``, ``log_M_transition``, ``accept_rate_transition`` ``(N+1,)`` (accepted /
@@ -243,8 +131,8 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
     if log_ratio is None:
         raise ValueError("DiffRS needs a discriminator: pass log_ratio(x, sigma, **cond) -> (N,) log q/p")
     sigmas, shape = validate_common(sigmas, num_samples, shape)
-    _check_percentile(rej_percentile)
-    _single_generator(generator)
+    check_percentile(rej_percentile)
+    single_generator(generator)
     N = len(sigmas) - 1
     if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 2 * N - 1):
         raise ValueError(f"max_iter must be None or an int >= 2N - 1 = {2 * N - 1} (one full trajectory), "
@@ -254,7 +142,7 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if max_rounds is None:
         max_rounds = 1000 * N * -(-num_samples // batch_size)
-    cond = _check_cond(cond, num_samples, "output sample")
+    cond = check_cond_rows(cond, num_samples, "output sample")
     latents = initial_latents(x_init, (num_samples,), shape, generator)
     sig = sigmas.to(latents.device)
     net, disc = CallCounter(denoiser), CallCounter(log_ratio)
@@ -304,7 +192,7 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
             passes += 1
             if passes > max_rounds:
                 raise RuntimeError(f"initial-state test rejected for {max_rounds} passes; log M^marg_0 is too large")
-            ell = _ell(disc, x[idx], sig[0].expand(len(idx)), _rows(cond, ticket[idx]))
+            ell = log_ratio_values(disc, x[idx], sig[0].expand(len(idx)), rows_of(cond, ticket[idx]))
             ok = accept(ell, log_M_marg[0], _rng.rand((len(idx),), gen_u, device=sig.device))
             counts["mt"][0] += len(idx)
             counts["ma"][0] += int(ok.sum())
@@ -315,14 +203,14 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
         # 2. Proposal: one EDM Heun step t_k -> t_{k+1} per slot, one batched network call.
         noise = _rng.randn(x.shape, generator, device=sig.device)
         x_hat, t_hat = churn(x, sig[k], gammas[k], float(S_noise), noise, round_sigma)
-        step = heun_step(net, x_hat, t_hat, sig[k + 1], _rows(cond, ticket))
+        step = heun_step_per_slot(net, x_hat, t_hat, sig[k + 1], rows_of(cond, ticket))
         x, nfe, k = step.x, nfe + step.nfe, k + 1
 
         # 3. Transition test; rejected samples climb one level (re-noised) and take marginal tests.
         idx, first = torch.arange(len(k), device=sig.device), True
         while idx.numel():
             kk = k[idx]
-            ell = _ell(disc, x[idx], sig[kk], _rows(cond, ticket[idx]))
+            ell = log_ratio_values(disc, x[idx], sig[kk], rows_of(cond, ticket[idx]))
             u = _rng.rand((len(idx),), gen_u, device=sig.device)
             if first:
                 ok = accept(ell, log_M_trans[kk], u, ell_prev[idx])
@@ -372,5 +260,18 @@ def diffrs(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generat
         "restarts": restarts, "iterations": rounds, "nfe_warmup": nfe_warmup, "disc_calls_warmup": disc_warmup,
         "nfe_total_per_output": (net.count + nfe_warmup) / num_samples,
     }
-    return MethodResult(x=out, nfe=net.count / num_samples, disc_calls=disc.count / num_samples,
-                        diagnostics=diagnostics)
+    return _as_result(out, sig, net.count, disc.count, diagnostics)
+
+
+def _as_result(out: Tensor, sigmas: Tensor, calls: int, disc_calls: int, diagnostics: dict) -> Result:
+    """DiffRS's outputs as the one result type: one particle per output, equal weights, one record per
+    level with the pooled transition acceptance rate."""
+    n, N = out.shape[0], len(sigmas) - 1
+    zeros = torch.zeros(n, dtype=torch.float64, device=out.device)
+    rate = diagnostics["accept_rate_transition"][1:].to(out.device)[:, None].expand(N, n)
+    return Result(
+        x=out, log_weights=zeros[:, None], log_evidence=zeros, ess=torch.ones(N, n, dtype=torch.float64),
+        resampled=torch.zeros(N, n, dtype=torch.bool), ancestors=torch.zeros(N, n, 1, dtype=torch.long),
+        log_evidence_increments=torch.zeros(N, n, dtype=torch.float64), accept_rate=rate, particles=out[:, None],
+        selected=torch.zeros(n, dtype=torch.long, device=out.device),
+        sigmas=sigmas, nfe=calls / n, nfe_total=calls, disc_calls=disc_calls / n, diagnostics=diagnostics)

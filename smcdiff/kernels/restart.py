@@ -1,4 +1,4 @@
-"""The Restart sampler (Xu et al. 2023) as used by the particle filter of Liu et al. (CVPR 2024).
+"""The Restart sampler (Xu et al. 2023) as a kernel, as used by the particle filter of Liu et al. (CVPR 2024).
 
 A Restart run is a deterministic EDM Heun trajectory on the main grid ``sigmas`` plus *restart
 intervals*. An interval ``[N_restart, K_restart, t_min, t_max]`` is attached to the main-grid
@@ -10,7 +10,8 @@ index ``j`` whose σ_j is nearest to ``t_min``; when the main loop reaches σ_j 
    down to σ_j (the grid ends exactly at the main-grid σ_j, not at ``t_min``), each step with
    churn γ = ``restart_gamma`` where ``S_min ≤ σ ≤ S_max``.
 
-Then the main loop goes on from σ_j. In :func:`smcdiff.methods.particle_filter.particle_filter`
+Then the main loop goes on from σ_j. :class:`Restart` is this schedule as one kernel whose step t is
+the t-th operation (main step or restart step); in :func:`smcdiff.methods.particle_filter`
 (``sampler="restart"``) every repeat starts with a resampling event at σ_j.
 
 Network evaluations per sample (:func:`restart_nfe`) are
@@ -23,7 +24,8 @@ stream. Specs are the reference code's strings::
 
     >>> import torch
     >>> from smcdiff.kernels import karras_sigmas
-    >>> from smcdiff.methods.restart import parse_restart, restart_nfe, restart_sampler
+    >>> from smcdiff.kernels.restart import parse_restart, restart_nfe
+    >>> from smcdiff.methods import restart_sampler
     >>> from smcdiff.models.pairs import mixture_pair_1d as pair_1d
     >>> data, model, log_ratio = pair_1d()
     >>> intervals = parse_restart("{[3,1,19.35,40.79], [4,1,1.09,1.92], [4,4,0.59,1.09], "
@@ -38,6 +40,7 @@ stream. Specs are the reference code's strings::
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -46,15 +49,14 @@ from typing import NamedTuple
 import torch
 
 from smcdiff import _rng
-from smcdiff.kernels.edm import EDMHeun
+from smcdiff.kernels.edm import EDMEuler, EDMHeun
 from smcdiff.kernels.schedules import karras_sigmas
-from smcdiff.kernels.steps import StepOutput, churn, heun_step
-from smcdiff.methods.base import CallCounter, MethodResult, initial_latents, validate_common
+from smcdiff.kernels.steps import StepOutput, edm_step
 from smcdiff.types import Tensor
 
 __all__ = [
     "RestartInterval", "parse_restart", "format_restart", "check_restart", "restart_nfe", "attach_restarts",
-    "restart_grid", "restart_jump", "restart_step", "restart_sampler", "restart_schedule", "ScheduleOp",
+    "restart_grid", "restart_jump", "restart_step", "restart_schedule", "ScheduleOp", "Restart",
     "IMAGENET64_RESTART_SPEC", "FFHQ64_RESTART_SPEC", "IMAGENET64_RESTART", "FFHQ64_RESTART",
 ]
 
@@ -207,8 +209,7 @@ def restart_step(denoiser, x: Tensor, grid: Tensor, m: int, gamma: float, S_nois
     t_cur = grid[m].to(x.device).expand(n)
     t_next = grid[m + 1].to(x.device).expand(n)
     noise = _rng.randn_batch(x.shape, generator, dtype=x.dtype, device=x.device)
-    x_hat, t_hat = churn(x, t_cur, gamma, S_noise, noise, getattr(denoiser, "round_sigma", None))
-    return heun_step(denoiser, x_hat, t_hat, t_next, cond)
+    return edm_step(denoiser, x, t_cur, t_next, gamma=gamma, S_noise=S_noise, noise=noise, cond=cond)
 
 
 def restart_gamma_at(t: float, restart_gamma: float, S_min: float, S_max: float) -> float:
@@ -249,47 +250,57 @@ def restart_schedule(sigmas: Tensor, attached: Mapping[int, RestartInterval], re
     return ops
 
 
-def restart_sampler(denoiser, sigmas, *, log_ratio=None, num_samples: int, shape, generator, x_init=None,
-                    restart=IMAGENET64_RESTART, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
-                    S_noise: float = 1.0, restart_gamma: float = 0.05, cond: Mapping[str, Tensor] | None = None,
-                    progress: bool = False) -> MethodResult:
-    """Plain Restart sampling (the base sampler of the particle filter's ``sampler="restart"``).
+@functools.lru_cache(maxsize=32)
+def _plan(sigmas: tuple, intervals: tuple, restart_gamma: float, S_min: float, S_max: float) -> tuple:
+    grid = torch.tensor(sigmas, dtype=torch.float64)
+    return tuple(restart_schedule(grid, attach_restarts(grid, list(intervals)), restart_gamma, S_min, S_max))
 
-    ``x_init : (num_samples, *shape)`` unit-variance latents (drawn from ``generator`` if None);
-    ``restart`` a spec string or intervals; main steps are EDM Heun steps with churn ``S_churn``
-    (0 in the paper); ``cond`` tensors ``(num_samples, ...)`` go to the denoiser. ``log_ratio`` is
-    ignored (calling convention). Returns ``MethodResult(x, nfe)`` with
-    ``diagnostics["attached"]`` the main index of each interval.
+
+class Restart:
+    """The Restart sampler as one kernel: step t of a run is operation t of :func:`restart_schedule`.
+
+    ``Restart(base=EDMHeun(), intervals=IMAGENET64_RESTART, restart_gamma=0.05)``: main steps are
+    ``base`` steps on the main grid (told ``resampled``/``carry`` like any kernel); each repeat of
+    an interval jumps up to t_max and runs Heun steps with churn ``restart_gamma`` (where
+    ``base.S_min ≤ σ ≤ base.S_max``) and ``base.S_noise``. :func:`smcdiff.sample` asks it for
+    :meth:`num_steps` and :meth:`sigma_after`; :meth:`repeat_starts` gives the steps after which a
+    repeat begins (the particle filter resamples there).
     """
-    sigmas, shape = validate_common(sigmas, num_samples, shape)
-    _rng.check_generator(generator, None if isinstance(generator, torch.Generator) else num_samples)
-    if restart_gamma < 0:
-        raise ValueError(f"restart_gamma must be >= 0, got {restart_gamma}")
-    kernel = EDMHeun(S_churn, S_min, S_max, S_noise)
-    attached = attach_restarts(sigmas, restart)
-    cond = _check_flat_cond(cond, num_samples)
-    D = CallCounter(denoiser)
-    x = sigmas[0] * initial_latents(x_init, (num_samples,), shape, generator)
-    ops = restart_schedule(sigmas, attached, restart_gamma, S_min, S_max)
-    if progress:
-        from tqdm.auto import tqdm
 
-        ops = tqdm(ops, desc="restart", leave=False)
-    for op in ops:
+    stochastic = True  # the jumps add fresh noise
+
+    def __init__(self, base: EDMEuler | None = None, intervals=IMAGENET64_RESTART, restart_gamma: float = 0.05):
+        base = EDMHeun() if base is None else base
+        if not isinstance(base, EDMEuler):
+            raise TypeError(f"Restart's base must be an EDMEuler/EDMHeun kernel, got {base!r}")
+        restart_gamma = float(restart_gamma)
+        if not (math.isfinite(restart_gamma) and restart_gamma >= 0):
+            raise ValueError(f"restart_gamma must be finite and >= 0, got {restart_gamma}")
+        self.base, self.intervals, self.restart_gamma = base, tuple(check_restart(intervals)), restart_gamma
+
+    def ops(self, sigmas: Tensor) -> tuple:
+        """The operations of the run on main grid ``sigmas`` (:class:`ScheduleOp`)."""
+        return _plan(tuple(sigmas.tolist()), self.intervals, self.restart_gamma, self.base.S_min, self.base.S_max)
+
+    def num_steps(self, sigmas: Tensor) -> int:
+        return len(self.ops(sigmas))
+
+    def sigma_after(self, sigmas: Tensor, t: int) -> Tensor:
+        """The noise level reached by step t (float64 scalar tensor)."""
+        op = self.ops(sigmas)[t]
+        return sigmas[op.index + 1] if op.kind == "main" else op.grid[op.index + 1]
+
+    def repeat_starts(self, sigmas: Tensor) -> dict[int, int]:
+        """{step t after which a repeat begins: main-grid index j of the σ_j it starts from}."""
+        return {k - 1: op.j for k, op in enumerate(self.ops(sigmas)) if op.jump}
+
+    def __call__(self, denoiser, x, sigmas, t, generator, cond=None, **context) -> StepOutput:
+        op = self.ops(sigmas)[t]
         if op.kind == "main":
-            x = kernel(D, x, sigmas, op.index, generator, cond).x
-            continue
+            return self.base(denoiser, x, sigmas, op.index, generator, cond, **context)
         if op.jump:  # restart: jump up to t_max, then come back down to σ_j
-            x = restart_jump(x, float(op.grid[-1]), float(op.grid[0]), S_noise, generator)
-        x = restart_step(D, x, op.grid, op.index, op.gamma, S_noise, generator, cond).x
-    return MethodResult(x=x, nfe=D.count / num_samples, diagnostics={"attached": dict(attached)})
+            x = restart_jump(x, float(op.grid[-1]), float(op.grid[0]), self.base.S_noise, generator)
+        return restart_step(denoiser, x, op.grid, op.index, op.gamma, self.base.S_noise, generator, cond)
 
-
-def _check_flat_cond(cond, n: int) -> dict:
-    out = {}
-    for name, value in (cond or {}).items():
-        value = torch.as_tensor(value)
-        if value.dim() < 1 or value.shape[0] != n:
-            raise ValueError(f"cond[{name!r}] must have leading dim num_samples = {n}, got {tuple(value.shape)}")
-        out[name] = value
-    return out
+    def __repr__(self) -> str:
+        return f"Restart({self.base!r}, {format_restart(self.intervals)!r}, restart_gamma={self.restart_gamma})"

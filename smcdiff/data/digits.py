@@ -28,6 +28,8 @@ import functools
 import numpy as np
 import torch
 
+from smcdiff.checks import check_int, check_real
+
 __all__ = ["NUM_CLASSES", "NUM_IMAGES", "load_digits", "to_uint8"]
 
 #: Images in the full set.
@@ -84,13 +86,13 @@ def load_digits(
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    if not 0.0 <= float(holdout) <= 1.0:
-        raise ValueError(f"holdout must be in [0, 1], got {holdout!r}")
-    if not torch.empty((), dtype=dtype).is_floating_point():
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    holdout = check_real(holdout, "holdout", low=0.0, high=1.0)
+    seed = check_int(seed, "seed", minimum=0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     pixels, labels = _raw()
     if split != "all":
-        train_idx, test_idx = split_indices(labels, float(holdout), seed)
+        train_idx, test_idx = split_indices(labels, holdout, seed)
         idx = train_idx if split == "train" else test_idx
         pixels, labels = pixels[idx], labels[idx]
     images = torch.tensor(pixels / 8.0 - 1.0, dtype=dtype).reshape(-1, 1, 8, 8)
@@ -100,6 +102,11 @@ def load_digits(
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images in ``[-1, 1]`` to ``uint8`` 0..255 by ``x * 127.5 + 128`` clipped (EDM's rule).
 
-    Any shape; values outside ``[-1, 1]`` are clipped.
+    Any shape; values outside ``[-1, 1]`` are clipped; NaN is refused (``ValueError``), since it
+    would silently become 0 (a black pixel).
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"to_uint8 expects a floating tensor of images in [-1, 1], got {getattr(x, 'dtype', type(x).__name__)}")
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"to_uint8: the images contain NaN at {int(torch.isnan(x).sum())} of {x.numel()} values")
     return (x.detach().to(torch.float64) * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)

@@ -23,11 +23,11 @@ randomness comes from the ``generator`` argument: one ``torch.Generator``, or ``
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 
 from smcdiff import _rng
+from smcdiff.checks import check_int, check_real
 from smcdiff.models.gmm import GaussianMixture
 
 __all__ = ["checkerboard", "checkerboard_scale", "known_mixture", "two_moons"]
@@ -41,12 +41,7 @@ _MOONS_VAR = (0.75, 0.5625 - 1.0 / math.pi)
 
 
 def _check_n(n) -> int:
-    if isinstance(n, bool) or not hasattr(n, "__index__"):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    return n
+    return check_int(n, "n (a non-negative int)", minimum=0)
 
 
 def _check_gen(generator, n: int) -> None:
@@ -63,8 +58,7 @@ def two_moons(n: int, generator, noise: float = 0.1) -> torch.Tensor:
     normals.
     """
     n = _check_n(n)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be finite and non-negative, got {noise!r}")
+    noise = check_real(noise, "noise", low=0.0)
     _check_gen(generator, n)
     u = _rng.rand((n, 2), generator, F64)
     z = _rng.randn((n, 2), generator, F64)
@@ -89,9 +83,8 @@ def checkerboard_scale(squares: int = 4) -> float:
     ``checkerboard(...) * checkerboard_scale(s) + s / 2`` lies on the board ``[0, s]^2``, in
     cells ``(floor(x), floor(y))`` with an even sum. For even ``s`` it is ``s / sqrt(12)``.
     """
-    if isinstance(squares, bool) or not hasattr(squares, "__index__") or squares < 1:
-        raise ValueError(f"squares must be a positive int, got {squares!r}")
-    centres = _black_cells(operator.index(squares)) + 0.5 - squares / 2
+    squares = check_int(squares, "squares (a positive int)", minimum=1)
+    centres = _black_cells(squares) + 0.5 - squares / 2
     # Uniform within a unit cell adds 1/12; the centres have mean zero (180-degree symmetry).
     return math.sqrt(float((centres[:, 0] ** 2).mean()) + 1.0 / 12.0)
 
@@ -123,11 +116,8 @@ def known_mixture(num_components: int = 8, component_var: float = 0.02) -> Gauss
     contributes ``r^2 / 2`` to each coordinate's variance, so the mixture has mean 0 and
     covariance ``I``. The defaults give 8 well-separated modes (radius 1.4, std ~0.14).
     """
-    if isinstance(num_components, bool) or not hasattr(num_components, "__index__") or num_components < 3:
-        raise ValueError(f"num_components must be an int >= 3, got {num_components!r}")
-    if not 0.0 < component_var < 1.0:
-        raise ValueError(f"component_var must be in (0, 1), got {component_var!r}")
-    C = operator.index(num_components)
+    C = check_int(num_components, "num_components", minimum=3)
+    component_var = check_real(component_var, "component_var", low=0.0, high=1.0, low_open=True, high_open=True)
     angles = 2.0 * math.pi * torch.arange(C, dtype=F64) / C
     radius = math.sqrt(2.0 * (1.0 - component_var))
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)

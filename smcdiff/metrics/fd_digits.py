@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smcdiff.checks import check_int
 from smcdiff.metrics.fid import Statistics, feature_statistics, frechet_distance
 from smcdiff.metrics.samples import PrecisionRecall, precision_recall
 from smcdiff.types import Tensor
@@ -51,8 +52,11 @@ class DigitsFeatures:
             from smcdiff.models.pretrained import load_digits_models
 
             classifier = load_digits_models().classifier
+        if not isinstance(classifier, nn.Module) or not hasattr(classifier, "features"):
+            raise TypeError(f"classifier must be a DigitsClassifier (an nn.Module with .features), got "
+                            f"{type(classifier).__name__}")
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.classifier = classifier.eval()
-        self.batch_size = int(batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -94,6 +98,9 @@ def reference_statistics(features: DigitsFeatures, split: str = "test") -> Stati
 def fd_digits(samples: Tensor, reference: str | Statistics = "test", *, features: DigitsFeatures | None = None) -> float:
     """FD-digits of ``samples : (N, 1, 8, 8)`` (N ≥ 2) against ``reference`` (a split name or ``(mu, sigma)``)."""
     features = DigitsFeatures() if features is None else features
+    if not isinstance(reference, str) and not (isinstance(reference, (tuple, list)) and len(reference) == 2):
+        raise TypeError(f"reference must be a split name ('test', 'train', 'all') or a (mu, sigma) pair, got "
+                        f"{type(reference).__name__}")
     mu_ref, sigma_ref = reference_statistics(features, reference) if isinstance(reference, str) else reference
     feats = features(samples).numpy()
     if feats.shape[0] < 2:
@@ -113,6 +120,7 @@ def digits_scores(samples: Tensor, *, features: DigitsFeatures | None = None, sp
     every score, the class histogram included, uses that one reference.
     """
     features = DigitsFeatures() if features is None else features
+    k = check_int(k, "k", minimum=1)
     ref = reference_features(features, split) if ref_features is None else torch.as_tensor(ref_features)
     feats = features(samples)
     if feats.shape[0] < max(2, k + 1):

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 
 from smcdiff import _rng
+from smcdiff.checks import check_int, check_real
 
 __all__ = [
     "Estimate",
@@ -102,8 +103,8 @@ def _min_size(name: str, n: int, least: int) -> None:
 # --------------------------------------------------------------------------- sliced Wasserstein
 def unit_directions(num_projections: int, dim: int, generator) -> Tensor:
     """``(num_projections, dim)`` float64 directions uniform on the unit sphere (normalised normals)."""
-    if num_projections < 1 or dim < 1:
-        raise ValueError(f"need num_projections >= 1 and dim >= 1, got {num_projections} and {dim}")
+    num_projections = check_int(num_projections, "num_projections", minimum=1)
+    dim = check_int(dim, "dim", minimum=1)
     _rng.check_generator(generator, None)
     if not isinstance(generator, torch.Generator):
         raise TypeError("unit_directions takes one torch.Generator")
@@ -142,8 +143,7 @@ def sliced_wasserstein(a, b, generator, num_projections: int = 128, p: float = 1
     """
     a, b = _pair(a, b)
     _min_size("sliced_wasserstein", min(a.shape[0], b.shape[0]), 1)
-    if not p >= 1:
-        raise ValueError(f"p must be >= 1, got {p!r}")
+    p = check_real(p, "p", low=1.0)
     dirs = unit_directions(num_projections, a.shape[1], generator)
     wp = _wasserstein_1d_pow(a @ dirs.T, b @ dirs.T, p)
     return float(wp.mean() ** (1.0 / p))
@@ -186,7 +186,7 @@ def mmd(a, b, bandwidth: float | None = None) -> MMDEstimate:
     a, b = _pair(a, b)
     n, m = a.shape[0], b.shape[0]
     _min_size("mmd", min(n, m), 3)
-    h = _median_distance(torch.cat([a, b])) if bandwidth is None else float(bandwidth)
+    h = _median_distance(torch.cat([a, b])) if bandwidth is None else check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
     if not (math.isfinite(h) and h > 0):
         raise ValueError(f"bandwidth must be finite and positive, got {h!r} (identical points?)")
     # Row sums without the diagonal (k(x, x) = 1); Kab row sums over a, and column sums over b.
@@ -275,8 +275,7 @@ def kl_from_samples_knn(a, b, k: int = 1) -> float:
     """
     a, b = _pair(a, b)
     n, m = a.shape[0], b.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > min(n - 1, m):
-        raise ValueError(f"k must be an int in [1, min(n - 1, m)] = [1, {min(n - 1, m)}], got {k!r}")
+    k = check_int(k, "k", minimum=1, maximum=min(n - 1, m))  # k <= min(n - 1, m)
     rho = _kth_nn_distance(a, a, k, exclude_self=True)
     nu = _kth_nn_distance(a, b, k, exclude_self=False)
     if (rho <= 0).any() or (nu <= 0).any():
@@ -312,8 +311,7 @@ def precision_recall(real, fake, k: int = 3) -> PrecisionRecall:
     """
     real, fake = _pair(real, fake)
     n, m = real.shape[0], fake.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > min(n, m) - 1:
-        raise ValueError(f"k must be an int in [1, min(n, m) - 1] = [1, {min(n, m) - 1}], got {k!r}")
+    k = check_int(k, "k", minimum=1, maximum=min(n, m) - 1)  # k <= min(n, m) - 1
     r_real = _kth_nn_distance(real, real, k, exclude_self=True)
     r_fake = _kth_nn_distance(fake, fake, k, exclude_self=True)
     return PrecisionRecall(_coverage(real, r_real, fake), _coverage(fake, r_fake, real))

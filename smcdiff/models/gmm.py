@@ -43,6 +43,7 @@ import operator
 import torch
 
 from smcdiff import _rng
+from smcdiff.checks import check_real
 
 __all__ = ["GaussianMixture"]
 
@@ -62,9 +63,14 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs, *, dtype: torch.dtype = torch.float64):
-        means = torch.as_tensor(means, dtype=dtype).clone()  # never alias the caller's tensor
-        weights = torch.as_tensor(weights, dtype=dtype, device=means.device)
-        covs = torch.as_tensor(covs, dtype=dtype, device=means.device)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
+        try:
+            means = torch.as_tensor(means, dtype=dtype).clone()  # never alias the caller's tensor
+            weights = torch.as_tensor(weights, dtype=dtype, device=means.device)
+            covs = torch.as_tensor(covs, dtype=dtype, device=means.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"weights, means and covs must be tensors or arrays of numbers ({err})") from None
         if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             raise ValueError(f"expected means of shape (C, d), got {tuple(means.shape)}")
         C, d = means.shape
@@ -210,7 +216,7 @@ class GaussianMixture:
     # ----------------------------------------------------------------------- noised density
     def noised(self, sigma: float) -> GaussianMixture:
         """The noised marginal ``p_sigma`` as a mixture (covariances ``Sigma_k + sigma^2 I``)."""
-        s2 = float(sigma) ** 2
+        s2 = check_real(sigma, "sigma") ** 2
         if not math.isfinite(s2):
             raise ValueError(f"sigma must be finite, got {sigma!r}")
         full = None
@@ -268,6 +274,8 @@ class GaussianMixture:
         """
         kw = dict(dtype=self.dtype, device=self.device)
         A, y, R = (torch.as_tensor(t, **kw) for t in (A, y, R))
+        if not (torch.isfinite(A).all() and torch.isfinite(y).all()):
+            raise ValueError("A and y must be finite (they contain NaN or inf)")
         if A.ndim != 2 or A.shape[1] != self.dim:
             raise ValueError(f"expected A of shape (m, d) with d={self.dim}, got {tuple(A.shape)}")
         m = A.shape[0]

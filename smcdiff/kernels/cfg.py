@@ -95,12 +95,22 @@ class ClassifierFreeGuidance:
             raise TypeError(f"uncond must be a tensor, a dict of tensors or None, got {type(uncond).__name__}")
         self.w, self.key = w, key
         self.uncond = {} if uncond is None else dict(uncond) if isinstance(uncond, Mapping) else {key: uncond}
+        self._moved: dict = {}  # the given uncond inputs per (name, device, dtype): one copy, not one per call
+
+    def _given(self, name: str, like: Tensor):
+        value = self.uncond[name]
+        if not isinstance(value, Tensor) or isinstance(like, Mapping):
+            return value
+        key = (name, like.device, like.dtype)
+        if key not in self._moved:
+            self._moved[key] = value.to(device=like.device, dtype=like.dtype)
+        return self._moved[key]
 
     def split(self, cond: Mapping) -> tuple[dict, dict]:
         """(the conditional inputs, the unconditional ones), each keyed like ``cond`` without the
         ``uncond.`` entries; unconditional values broadcast to the conditional shapes."""
         cond_c = {k: v for k, v in cond.items() if not k.startswith(UNCOND_PREFIX)}
-        override = dict(self.uncond)
+        override = {k: self._given(k, cond_c[k]) if k in cond_c else v for k, v in self.uncond.items()}
         override.update({k[len(UNCOND_PREFIX):]: v for k, v in cond.items() if k.startswith(UNCOND_PREFIX)})
         if not override:
             raise ValueError("classifier-free guidance needs an unconditional input: pass "

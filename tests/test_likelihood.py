@@ -177,8 +177,9 @@ def test_elbo_below_ode_log_prob_with_default_prior_and_edm_sigmas():
     x = REF2D.sample(4, torch.Generator().manual_seed(15))
     lp = log_prob(REF2D, x, sigma_min=S_MIN, sigma_max=S_MAX, rtol=1e-7, atol=1e-7).log_prob
     for dist in ("loguniform", "edm"):
-        res = elbo(REF2D, x, sigma_min=S_MIN, sigma_max=S_MAX, num_draws=256, replicates=16, sigma_dist=dist,
+        res = elbo(REF2D, x, sigma_min=S_MIN, sigma_max=S_MAX, num_draws=512, replicates=32, sigma_dist=dist,
                    generator=torch.Generator().manual_seed(16))
+        # 32 replicates: t with 31 dof; the EDM law's heavier importance weights make the s.e. itself noisier.
         assert ((res.elbo - lp) <= 5 * res.stderr + 1e-3).all(), ((res.elbo - lp) / res.stderr)
 
 

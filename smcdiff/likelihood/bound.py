@@ -22,8 +22,11 @@ expectation for any Gaussian mixture (the model's path law is the data's). The e
   over-states the error of such draws.
 * **Noise.** ε ~ N(0, I) from ``generator``, used as the antithetic pair ±ε (2 network evaluations
   per draw): it cancels the ``1/√τ`` term near σ_min, whose variance would otherwise be infinite.
-  ``dτ`` is replaced by ``cτ‖ε‖² + (1 − c)dτ`` (same mean) with ``c = (v/(v + τ))²``,
-  ``v = σ_data² + σ_min²`` — exact for a Gaussian of variance ``v``, a control variate otherwise.
+* **Control variates.** ``dτ`` is replaced by ``cτ‖ε‖² + (1 − c)dτ`` (same mean) with
+  ``c = (v/(v + τ))²``, ``v = σ_data² + σ_min²``, and the integrand's value for a Gaussian of
+  variance ``v`` centred on the point, ``dσ²(2v + τ)/(v + τ)²``, is integrated in closed form
+  (:func:`baseline_integral`), so what is sampled vanishes at both ends of the σ range and
+  heavy importance weights (``sigma_dist="edm"``) stay harmless.
 * **Cost.** ``2·num_draws`` denoiser evaluations per sample, no gradients.
 * **Weighting.** In ``u = ln σ`` the x̂0 error enters with weight ``1/σ²`` (``τ = σ²`` when
   σ_min → 0: the integrand is ``d − E‖D(y + σε; σ) − y‖²/σ²``, the ε-prediction error), not EDM's
@@ -53,7 +56,7 @@ from smcdiff import _rng
 from smcdiff.likelihood.inputs import call_denoiser, check_batch, check_cond, check_sigma_range
 from smcdiff.types import Tensor
 
-__all__ = ["SIGMA_DISTS", "ElboResult", "elbo", "elbo_integrand", "radical_inverse", "sigma_points"]
+__all__ = ["SIGMA_DISTS", "ElboResult", "baseline_integral", "elbo", "elbo_integrand", "radical_inverse", "sigma_points"]
 
 #: ln σ distributions of :func:`elbo` and the diffusion classifier.
 SIGMA_DISTS = ("loguniform", "edm")
@@ -111,27 +114,45 @@ def sigma_points(shift: Tensor, index: Tensor, *, sigma_min: float, sigma_max: f
 
 def elbo_integrand(denoiser, y: Tensor, log_sigma: Tensor, eps: Tensor, *, sigma_level: float, sigma_data: float,
                    cond: dict | None = None) -> Tensor:
-    """The bound's integrand in ``u = ln σ`` for one draw per row (see the module docstring).
+    """The bound's integrand in ``u = ln σ`` minus its Gaussian baseline, one draw per row.
 
     ``y : (R, *shape)`` points at noise level ``sigma_level`` (>= 0; 0 = clean data),
     ``log_sigma : (R,)`` above it, ``eps : (R, *shape)``; returns ``(R,)`` float64
-    ``σ²(2v + τ)(d − ‖ε‖²)/(v + τ)² − 2εᵀg/√τ − ‖g‖²/σ²`` with ``g = D(z; σ) − z``,
-    ``z = y + √τ ε``, ``v = σ_data² + sigma_level²`` — algebraically the integrand with the control
-    variate, written without cancellation.
+
+        −σ²(2v + τ)‖ε‖²/(v + τ)² − 2εᵀg/√τ − ‖g‖²/σ²,   g = D(z; σ) − z,  z = y + √τ ε,
+
+    ``v = σ_data² + sigma_level²``: the integrand with the control variate, minus
+    ``b(u) = dσ²(2v + τ)/(v + τ)²`` (whose integral :func:`baseline_integral` gives in closed form),
+    written without cancellation. It vanishes at both ends of the σ range.
     """
     R, d = y.shape[0], math.prod(y.shape[1:])
     sigma = log_sigma.exp()
-    if sigma_level > 0:  # τ = σ² − s0², without cancellation just above s0
-        tau = sigma_level**2 * torch.expm1(2 * (log_sigma - math.log(sigma_level)))
-    else:
-        tau = sigma * sigma
+    tau = _tau(log_sigma, sigma_level)
     root = tau.sqrt().reshape(R, *([1] * (y.dim() - 1)))
     z = y + root * eps
     g = (call_denoiser(denoiser, z, sigma, cond) - z).reshape(R, d)
     e = eps.reshape(R, d)
     v = sigma_data**2 + sigma_level**2
-    cv = sigma**2 * (2 * v + tau) * (d - (e * e).sum(1)) / (v + tau) ** 2
-    return cv - 2 * (e * g).sum(1) / tau.sqrt() - (g * g).sum(1) / sigma**2
+    return -sigma**2 * (2 * v + tau) * (e * e).sum(1) / (v + tau) ** 2 - 2 * (e * g).sum(1) / tau.sqrt() - (g * g).sum(1) / sigma**2
+
+
+def _tau(log_sigma: Tensor, sigma_level: float) -> Tensor:
+    """τ = σ² − s0² (without cancellation just above s0)."""
+    if sigma_level > 0:
+        return sigma_level**2 * torch.expm1(2 * (log_sigma - math.log(sigma_level)))
+    return torch.exp(2 * log_sigma)
+
+
+def baseline_integral(d: int, *, sigma_lo: float, sigma_hi: float, sigma_level: float, sigma_data: float) -> float:
+    """``∫ dσ²(2v + τ)/(v + τ)² d ln σ`` over ``[ln sigma_lo, ln sigma_hi]`` = ``d/2 [ln(v + τ) − v/(v + τ)]``
+    between the ends (``τ = σ² − sigma_level²``, ``v = sigma_data² + sigma_level²``)."""
+    v = sigma_data**2 + sigma_level**2
+
+    def F(sigma: float) -> float:
+        tau = sigma**2 - sigma_level**2
+        return 0.5 * d * (math.log(v + tau) - v / (v + tau))
+
+    return F(sigma_hi) - F(sigma_lo)
 
 
 @torch.no_grad()
@@ -187,6 +208,7 @@ def elbo(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, num_draws: 
         c = {k: (v[i] if isinstance(v, Tensor) else v) for k, v in cond.items()}
         values[sl] = elbo_integrand(denoiser, x[i], log_sigma[i, j], e, sigma_level=lo, sigma_data=sd, cond=c)
     terms = values.reshape(N, K, 2).mean(2) * torch.exp(-log_pdf)  # (N, K) importance-weighted
+    terms = terms + baseline_integral(d, sigma_lo=lo, sigma_hi=hi, sigma_level=lo, sigma_data=sd)
     # Prior term: closed form for N(0, σ_max² I), else the same ±ε draws.
     tau_max = hi**2 - lo**2
     if prior is None:

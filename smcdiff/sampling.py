@@ -55,7 +55,8 @@ __all__ = ["sample", "DiffusionModel", "Result", "SampleResult"]
 SampleResult = Result
 
 _FORMS = ("difference", "incremental")
-_FAULTS = ((1, "the denoiser (with its guidance) returned non-finite values"),
+_FAULTS = ((8, "the guidance term (e.g. the discriminator's log-ratio or its gradient) is non-finite"),
+           (1, "the denoiser returned non-finite values"),
            (2, "the kernel produced a non-finite state x"),
            (4, "the kernel's log-weight is NaN"))
 
@@ -126,7 +127,9 @@ class DiffusionModel:
         out = self.kernel(self.denoiser, _flat(x, N), self.sigmas, t, generator, cond, **context)
         new = dict(state)
         new["x"], new["x0_hat"] = out.x.reshape(x.shape), out.x0_hat.reshape(x.shape)
-        new["carry"] = {k: v.reshape((G, K) + tuple(v.shape[1:])) for k, v in (out.carry or {}).items()}
+        carry = dict(out.carry or {})
+        guidance_fault = carry.pop("guidance_fault", None)  # reported by a guidance transform, not carried
+        new["carry"] = {k: v.reshape((G, K) + tuple(v.shape[1:])) for k, v in carry.items()}
         new["resampled"] = torch.zeros_like(state["resampled"])
         kernel_lw = torch.zeros(G, K, dtype=torch.float64, device=x.device)
         if out.log_weight is not None:
@@ -136,6 +139,8 @@ class DiffusionModel:
         bits = ((~torch.isfinite(out.x0_hat.reshape(N, -1)).all(1)).to(torch.uint8)
                 | ((~torch.isfinite(out.x.reshape(N, -1)).all(1)).to(torch.uint8) << 1)
                 | (torch.isnan(kernel_lw.reshape(N)).to(torch.uint8) << 2)).reshape(G, K)
+        if guidance_fault is not None:
+            bits = bits | (guidance_fault.reshape(G, K).to(torch.uint8) << 3)
         new["fault"] = state["fault"] | bits
         new["fault_step"] = torch.where((state["fault_step"] < 0) & (bits > 0), t, state["fault_step"])
         # Weight: the potential at the noise level reached, on the scheduled steps.

@@ -225,3 +225,26 @@ def test_modules_stay_short_and_no_function_shadows_its_module():
             if attr is not None and not isinstance(attr, type(pkg)):
                 shadowed.append(f"{pkg_name}.{info.name}")
     assert not shadowed, shadowed
+
+
+def test_a_nan_log_ratio_in_guidance_names_the_guidance():
+    _, model, _ = mixture_pair_1d()
+
+    def nan_ratio(x, sigma):
+        return torch.full((x.shape[0],), math.nan, dtype=torch.float64) + 0 * x.sum(1)
+
+    with pytest.raises(SMCFailedError, match="guidance term .* at step 0"):
+        smcdiff.methods.dg(model.denoise, karras_sigmas(8), log_ratio=nan_ratio, num_samples=2, shape=(1,),
+                           generator=gen(0))
+
+
+def test_a_log_ratio_without_a_gradient_path_is_refused_not_silently_zero():
+    _, model, ell = mixture_pair_1d()
+
+    def frozen(x, sigma):
+        with torch.no_grad():
+            return ell(x, sigma)
+
+    with pytest.raises(ValueError, match="no gradient path"):
+        smcdiff.methods.dg(model.denoise, karras_sigmas(8), log_ratio=frozen, num_samples=2, shape=(1,),
+                           generator=gen(0))

@@ -50,7 +50,11 @@ OUTSIDE_WINDOW = 1e7
 
 
 def log_ratio_grad(log_ratio, x: Tensor, sigma: Tensor, cond=None) -> tuple[Tensor, Tensor]:
-    """(∇ₓℓ(x, σ), ℓ(x, σ)) by autograd, float64: ``x : (N, *event)`` → ((N, *event), (N,))."""
+    """(∇ₓℓ(x, σ), ℓ(x, σ)) by autograd, float64: ``x : (N, *event)`` → ((N, *event), (N,)).
+
+    Raises ``ValueError`` when ℓ has no gradient path to x (computed under ``torch.no_grad``, detached,
+    or a constant): guidance would otherwise silently be zero.
+    """
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         ell = log_ratio(x_, sigma, **(cond or {}))
@@ -58,8 +62,10 @@ def log_ratio_grad(log_ratio, x: Tensor, sigma: Tensor, cond=None) -> tuple[Tens
             got = tuple(ell.shape) if isinstance(ell, Tensor) else type(ell).__name__
             raise ValueError(f"log_ratio must return one value per sample, shape ({x.shape[0]},), got {got}")
         grad = torch.autograd.grad(ell.sum(), x_, allow_unused=True)[0] if ell.requires_grad else None
-    if grad is None:  # ℓ does not depend on x
-        grad = torch.zeros_like(x_)
+    if grad is None:
+        raise ValueError("the guidance's log_ratio(x, sigma) has no gradient path to x (computed under "
+                         "torch.no_grad, detached, or constant), so its guidance would silently be zero; "
+                         "compute it differentiably in x (a constant ratio: write it as 0 * x.sum())")
     return grad.detach().to(torch.float64), ell.detach().to(torch.float64)
 
 
@@ -159,6 +165,8 @@ class _DGStep:
         if w == 0.0:
             return x0
         term, ell = self.dg.guidance(x, sigma, cond)
+        bad = ~torch.isfinite(term.flatten(1)).all(1) | torch.isnan(ell)
+        self.seen["guidance_fault"] = bad | self.seen.get("guidance_fault", torch.zeros_like(bad))
         w = torch.full_like(ell, w)
         if first and self.double:  # boosting: double the weight where ℓ < 0
             w = torch.where(ell < 0, 2 * w, w)

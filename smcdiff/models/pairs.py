@@ -48,5 +48,9 @@ def exact_log_ratio(data: GaussianMixture, model: GaussianMixture):
 
 
 def zero_log_ratio(x, sigma, **cond):
-    """ℓ ≡ 0: a discriminator that cannot tell data from model (every method reduces to its base)."""
-    return torch.zeros(x.shape[0], dtype=F64, device=x.device)
+    """ℓ ≡ 0: a discriminator that cannot tell data from model (every method reduces to its base).
+
+    Written as 0·Σx so that it has a gradient path to x (zero), as a real discriminator would:
+    guidance refuses a log-ratio whose output does not depend on x through autograd.
+    """
+    return 0.0 * x.reshape(x.shape[0], -1).sum(1).to(F64)

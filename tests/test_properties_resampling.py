@@ -23,7 +23,7 @@ from smcdiff.resampling import SCHEMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-FAST = settings(max_examples=25, deadline=None, derandomize=True,
+FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAMES = sorted(SCHEMES)
 NINF = float("-inf")
@@ -72,7 +72,7 @@ def test_float32_weights_whose_cumsum_ends_below_one(K, trailing, seed):
         assert int(anc.max()) < K - trailing and int(anc.min()) >= 0, name
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(w=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6).filter(lambda v: sum(v) > 1e-3),
        num=st.integers(1, 9), seed=st.integers(0, 10**6))

@@ -40,6 +40,7 @@ noticeable next to a cheap closed-form potential — write those as plain functi
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -110,9 +111,17 @@ class Program:
 
     def trace(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond):
         """Run the program and return its Pyro trace, with ``log_prob`` computed on the term sites."""
-        with poutine.block():
-            tr = poutine.trace(_Deterministic(self.name)(self.fn)).get_trace(x, sigma, x0_hat, **cond)
-        tr.compute_log_prob(lambda name, site: _is_term(site))
+        who = f"potential program {self.name!r}"
+        try:
+            with poutine.block():
+                tr = poutine.trace(_Deterministic(self.name)(self.fn)).get_trace(x, sigma, x0_hat, **cond)
+            with warnings.catch_warnings():  # a +inf factor is refused below, naming the program
+                warnings.filterwarnings("ignore", message="Encountered \\+inf", category=UserWarning)
+                tr.compute_log_prob(lambda name, site: _is_term(site))
+        except ValueError as err:  # Pyro's own validation (e.g. a NaN factor): say which potential
+            if str(err).startswith(who):
+                raise
+            raise ValueError(f"{who}: {str(err).splitlines()[0]}") from err
         return tr
 
     def terms(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> dict[str, Tensor]:

@@ -81,7 +81,7 @@ class RewardPotential:
         if self.lam == 0:
             value = torch.zeros(N, dtype=torch.float64, device=x0_hat.device)
         else:
-            r = log_values(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}", check_finite=False)
+            r = log_values(self.reward(x0_hat, **cond), N, f"reward of {self.name!r}", allow_pos_inf=True)
             value = log_values(self.lam * r, N, f"lam * reward of {self.name!r} (lam = {self.lam})")
         if previous is None or not self.uses_previous:
             return value

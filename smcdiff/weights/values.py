@@ -56,20 +56,23 @@ def _bad_kind(v: Tensor) -> tuple[str, int] | None:
     return ("+inf", int(pos.sum())) if bool(pos.any()) else None
 
 
-def log_values(v, N: int, who: str, *, check_finite: bool = True) -> Tensor:
+def log_values(v, N: int, who: str, *, check_finite: bool = True, allow_pos_inf: bool = False) -> Tensor:
     """``v`` as float64 after checking it is a tensor of shape (N,), with no NaN or +inf.
 
     ``who`` names the source in the message (``"reward of 'reward'"``); ``check_finite=False``
-    checks the shape only (no host read).
+    checks the shape only (no host read); ``allow_pos_inf=True`` refuses NaN only (for a value
+    that is scaled before it becomes a log-weight).
     """
     if not isinstance(v, torch.Tensor) or tuple(v.shape) != (N,):
         got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
         raise ValueError(f"{who} must return one log-value per sample, a tensor of shape ({N},), got {got}")
     if v.is_complex() or v.dtype == torch.bool:
         raise TypeError(f"{who} must return real log-values, got dtype {v.dtype}")
-    if check_finite and v.is_floating_point() and bool((torch.isnan(v) | (v == float("inf"))).any()):
-        kind, count = _bad_kind(v)
-        raise ValueError(f"{who} returned {kind} at {count} of {N} samples ({_HINT[kind]})")
+    if check_finite and v.is_floating_point():
+        bad = torch.isnan(v) if allow_pos_inf else torch.isnan(v) | (v == float("inf"))
+        if bool(bad.any()):
+            kind, count = _bad_kind(v)
+            raise ValueError(f"{who} returned {kind} at {count} of {N} samples ({_HINT[kind]})")
     return v.to(torch.float64)
 
 

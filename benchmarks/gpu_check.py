@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import smcdiff  # noqa: E402
-from smcdiff.kernels import EDMHeun, karras_sigmas  # noqa: E402
-from smcdiff.models.precond import EDMPrecond  # noqa: E402
-from smcdiff.resampling_schemes import SCHEMES  # noqa: E402
+import smcdiff
+from smcdiff.kernels import EDMHeun, karras_sigmas
+from smcdiff.models.precond import EDMPrecond
+from smcdiff.resampling_schemes import SCHEMES
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -136,7 +136,7 @@ def sync_free_steps(device, res: int, steps: int):
         net = song_unet(res).to(device)
         G, K = 4, 16
         gens = [torch.Generator(device=device).manual_seed(s) for s in range(G)]
-        potential = lambda x, sigma, x0_hat, **cond: -(x0_hat**2).flatten(1).mean(1)  # noqa: E731
+        potential = lambda x, sigma, x0_hat, **cond: -(x0_hat**2).flatten(1).mean(1)
 
         def callback(info):
             if info.t == 0:
@@ -157,7 +157,7 @@ def sync_free_steps(device, res: int, steps: int):
 def engine_overhead(device, batch: int, res: int, steps: int, repeats: int):
     sigmas = karras_sigmas(steps)
     kernel = EDMHeun(S_churn=10)
-    cheap = lambda x, sigma, **cond: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
+    cheap = lambda x, sigma, **cond: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
     for label, denoiser in (("analytic denoiser", cheap), ("SongUNet", None)):
         name = f"engine overhead, {batch} images {res}x{res}, {label}"
         with check(name), torch.no_grad():

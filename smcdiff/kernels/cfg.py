@@ -51,7 +51,7 @@ import torch
 
 from smcdiff.types import Tensor
 
-__all__ = ["ClassifierFreeGuidance", "UNCOND_PREFIX"]
+__all__ = ["UNCOND_PREFIX", "ClassifierFreeGuidance"]
 
 #: ``cond["uncond.<name>"]`` holds the unconditional value of ``cond["<name>"]``.
 UNCOND_PREFIX = "uncond."
@@ -60,7 +60,7 @@ UNCOND_PREFIX = "uncond."
 def _broadcast(u, c, name: str):
     if isinstance(c, Mapping):
         if not isinstance(u, Mapping):
-            raise ValueError(f"the unconditional {name!r} must be a dict like the conditional one")
+            raise TypeError(f"the unconditional {name!r} must be a dict like the conditional one")
         return {k: _broadcast(u[k], v, f"{name}.{k}") if k in u else v for k, v in c.items()}
     u = torch.as_tensor(u, device=c.device, dtype=c.dtype)
     if u.shape == c.shape:

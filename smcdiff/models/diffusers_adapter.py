@@ -80,9 +80,9 @@ import torch
 from smcdiff.kernels.schedules import check_sigmas, karras_sigmas
 from smcdiff.types import Tensor
 
-__all__ = ["DiscreteVPDenoiser", "KDiffusionDenoiser", "from_diffusers", "from_k_diffusion",
-           "scheduler_sigmas", "run_network", "network_cond", "network_dtype", "sigma_batch", "accepted_keys",
-           "model_device", "fresh_scheduler"]
+__all__ = ["DiscreteVPDenoiser", "KDiffusionDenoiser", "accepted_keys", "fresh_scheduler", "from_diffusers",
+           "from_k_diffusion", "model_device", "network_cond", "network_dtype", "run_network", "scheduler_sigmas",
+           "sigma_batch"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -100,7 +100,7 @@ def sigma_batch(sigma, x: Tensor) -> Tensor:
 def network_dtype(model, dtype=None) -> torch.dtype:
     """The dtype the network runs in: ``dtype`` if given (casting the model in place), else its first
     floating parameter's dtype, else float32."""
-    params = [p for p in getattr(model, "parameters", lambda: [])() if p.is_floating_point()]
+    params = [p for p in getattr(model, "parameters", list)() if p.is_floating_point()]
     if dtype is None:
         return params[0].dtype if params else torch.float32
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -112,7 +112,7 @@ def network_dtype(model, dtype=None) -> torch.dtype:
 
 def model_device(model, fallback):
     """The device of ``model``'s first parameter, else ``fallback``."""
-    for p in getattr(model, "parameters", lambda: [])():
+    for p in getattr(model, "parameters", list)():
         return p.device
     return fallback
 
@@ -154,19 +154,13 @@ def _prepare(value, sl: slice, n: int, dtype, device):
 
 
 def _unwrap(out):
-    if hasattr(out, "sample"):
-        return out.sample
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
+    return out.sample if hasattr(out, "sample") else out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _wants_grad(x: Tensor, cond: Mapping) -> bool:
-    if not torch.is_grad_enabled():
-        return False
     tensors = [x] + [v for v in cond.values() if isinstance(v, Tensor)]
     tensors += [w for v in cond.values() if isinstance(v, Mapping) for w in v.values() if isinstance(w, Tensor)]
-    return any(t.requires_grad for t in tensors)
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def run_network(fn: Callable, x_in: Tensor, t: Tensor, cond: Mapping, *, dtype: torch.dtype, device,
@@ -346,6 +340,9 @@ def from_diffusers(unet, scheduler, *, dtype=None, prediction_type: str | None =
     """
     if _is_flow_scheduler(scheduler):
         from smcdiff.models.flow_adapter import from_flow_matching
+
+        if prediction_type not in (None, "flow_prediction") or quantize:
+            raise ValueError("a flow-matching scheduler predicts velocity: prediction_type and quantize do not apply")
 
         return from_flow_matching(unet, scheduler, dtype=dtype, max_batch=max_batch, **flow_options)
     if flow_options:

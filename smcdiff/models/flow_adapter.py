@@ -61,7 +61,7 @@ from smcdiff.models.diffusers_adapter import (accepted_keys, fresh_scheduler, mo
                                                run_network, sigma_batch)
 from smcdiff.types import Tensor
 
-__all__ = ["FlowMatchingDenoiser", "from_flow_matching", "flow_scheduler_sigmas"]
+__all__ = ["FlowMatchingDenoiser", "flow_scheduler_sigmas", "from_flow_matching"]
 
 
 class FlowMatchingDenoiser:

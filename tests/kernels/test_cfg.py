@@ -29,7 +29,7 @@ def test_guided_denoiser_is_the_cfg_combination():
     out = D(x, sigma, y=torch.ones(6))
     assert torch.allclose(out, d_u + W * (d_c - d_u), atol=1e-14)
     # The same combination in ε space: ε = (x − D)/σ is affine in D at fixed (x, σ).
-    eps = lambda d: (x - d) / sigma[:, None]  # noqa: E731
+    eps = lambda d: (x - d) / sigma[:, None]
     assert torch.allclose(eps(out), eps(d_u) + W * (eps(d_c) - eps(d_u)), atol=1e-12)
 
 
@@ -37,8 +37,8 @@ def test_cfg_ode_on_gaussians_matches_the_closed_form(one_thread):
     # The PF-ODE with the CFG score is linear: from N(0, σ_max²) it ends at
     # N(∫₀^σmax σ b Φ dσ, Φ(σ_max)² σ_max²) with a, b, Φ of REFERENCE-STEERING §D.5.
     smax = 80.0
-    b = lambda s: W * MC / (VC + s * s) + (1 - W) * MU_ / (VU + s * s)  # noqa: E731
-    phi = lambda s: (VC / (VC + s * s)) ** (W / 2) * (VU / (VU + s * s)) ** ((1 - W) / 2)  # noqa: E731
+    b = lambda s: W * MC / (VC + s * s) + (1 - W) * MU_ / (VU + s * s)
+    phi = lambda s: (VC / (VC + s * s)) ** (W / 2) * (VU / (VU + s * s)) ** ((1 - W) / 2)
     mean, var = quad(lambda s: s * b(s) * phi(s), 0, smax, limit=200)[0], phi(smax) ** 2 * smax**2
     assert mean == pytest.approx(1.3739, abs=1e-4) and var == pytest.approx(0.0625, abs=1e-5)
     # The deterministic sampler is an affine map z ↦ αz + β: two particles give β and α exactly.

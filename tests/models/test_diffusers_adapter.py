@@ -18,9 +18,13 @@ diffusers = pytest.importorskip("diffusers")
 # diffusers 0.42's set_timesteps calls np.array on a tensor; NumPy 2 warns about the copy keyword.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
-from smcdiff.kernels import EDMEuler  # noqa: E402
-from smcdiff.models.diffusers_adapter import (  # noqa: E402
-    DiscreteVPDenoiser, from_diffusers, from_k_diffusion, scheduler_sigmas)
+from smcdiff.kernels import EDMEuler
+from smcdiff.models.diffusers_adapter import (
+    DiscreteVPDenoiser,
+    from_diffusers,
+    from_k_diffusion,
+    scheduler_sigmas,
+)
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 REL_TOL = 1e-5

@@ -67,7 +67,7 @@ def test_stochastic_kernels_have_the_data_marginals(kernel, name, steps, one_thr
     assert torch.allclose(m, MU, atol=1e-3) and torch.allclose(v, VAR, rtol=0.04)
     # Monte Carlo through the flow adapter: within 5 standard errors of that law
     # (se of the mean sqrt(v/N); of the variance v·sqrt(2/(N − 1)) for a Gaussian).
-    N = 20000
+    N = 10000
     g = torch.Generator().manual_seed(1)
     x = sigmas[0] * torch.randn(N, 3, dtype=torch.float64, generator=g)
     for i in range(steps):

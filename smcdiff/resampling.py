@@ -79,6 +79,7 @@ from smcdiff.resampling_schemes import (
     register,
     rejection,
     residual,
+    scheme_name,
     stratified,
     systematic,
 )
@@ -104,7 +105,7 @@ def _check_ancestors(scheme, anc, log_weights: Tensor) -> None:
     G, K = log_weights.shape
     if not isinstance(anc, torch.Tensor) or anc.shape != (G, K) or anc.dtype != torch.int64:
         raise ValueError(
-            f"scheme {scheme!r} must return int64 ancestors of shape {(G, K)}, got "
+            f"scheme {scheme_name(scheme)} must return int64 ancestors of shape {(G, K)}, got "
             f"{getattr(anc, 'dtype', type(anc).__name__)} {tuple(getattr(anc, 'shape', ()))}"
         )
     out_of_range = (anc < 0) | (anc >= K)
@@ -113,7 +114,7 @@ def _check_ancestors(scheme, anc, log_weights: Tensor) -> None:
         groups = (out_of_range | zero).any(1).nonzero().flatten().tolist()
         what = (f"indices outside [0, {K - 1}] (e.g. {anc[out_of_range][:3].tolist()})"
                 if bool(out_of_range.any()) else "particles of weight zero (log-weight -inf)")
-        raise ValueError(f"scheme {scheme!r} returned {what} in group(s) {groups}; ancestors must index "
+        raise ValueError(f"scheme {scheme_name(scheme)} returned {what} in group(s) {groups}; ancestors must index "
                          "particles of non-zero weight")
 
 

@@ -31,7 +31,7 @@ from smcdiff.log_weights import check_log_weights, relative_weights
 from smcdiff.types import GeneratorSpec, Tensor
 
 __all__ = [
-    "BUILTIN_SCHEMES", "SCHEMES", "get_scheme", "multinomial", "register", "rejection", "residual", "stratified",
+    "BUILTIN_SCHEMES", "SCHEMES", "get_scheme", "scheme_name", "multinomial", "register", "rejection", "residual", "stratified",
     "systematic",
 ]
 
@@ -60,20 +60,24 @@ def register(name: str) -> Callable[[Scheme], Scheme]:
     return add
 
 
+def scheme_name(fn) -> str:
+    """A short name for a scheme in messages: its ``__qualname__`` / ``__name__``, else its repr."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else f"{fn!r:.60}"
+
+
 def _check_callable(fn) -> Scheme:
     """``fn`` if it can be called as ``fn(log_weights, generator)``; else a ``TypeError`` saying how."""
     if isinstance(fn, type) or hasattr(fn, "ess_threshold"):
-        what = fn.__name__ if isinstance(fn, type) else type(fn).__name__
+        what = f"the class {fn.__name__}" if isinstance(fn, type) else f"a {type(fn).__name__} object"
         raise TypeError(
-            f"scheme must be a scheme name or a function {_SIGNATURE}, got the {what} "
-            f"{'class' if isinstance(fn, type) else 'object'} {fn!r:.60}; pass a name such as "
-            f"{sorted(SCHEMES)[:2]} or a function, and pass a Resampler itself where one is expected "
-            "(resampler=Resampler('systematic'))"
+            f"scheme must be a scheme name such as 'systematic' or a function {_SIGNATURE}, got {what}; "
+            "pass a Resampler itself where one is expected (resampler=Resampler('systematic'))"
         )
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError:
-        raise TypeError(f"scheme {fn!r:.60} cannot be called as {_SIGNATURE}") from None
+        raise TypeError(f"scheme {scheme_name(fn)} cannot be called as {_SIGNATURE}") from None
     except ValueError:  # no signature to inspect (some builtins): trust it, the output is checked
         pass
     return fn

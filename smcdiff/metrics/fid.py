@@ -74,7 +74,7 @@ def feature_statistics(features) -> Statistics:
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
     if not np.isfinite(f).all():
-        raise ValueError(f"features contain NaN or inf in {int((~np.isfinite(f).any(1)).sum())} of {f.shape[0]} "
+        raise ValueError(f"features contain NaN or inf in {int((~np.isfinite(f)).any(1).sum())} of {f.shape[0]} "
                          "rows (a broken extractor, or non-finite images?)")
     mu = f.mean(axis=0)
     centred = f - mu
@@ -212,16 +212,16 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
     if os.path.isdir(path):
         raise FileFormatError(f"{os.fspath(path)}: is a folder, not {_STATS}")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise FileFormatError(f"{path}: expected an .npz archive with arrays 'mu' and 'sigma', "
-                                  "not a single .npy array")
-        with data:
-            missing = [key for key in ("mu", "sigma") if key not in data.files]
-            if missing:
-                raise FileFormatError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; missing "
-                                      f"{missing}, found {sorted(data.files)}")
-            mu, sigma = data["mu"], data["sigma"]
+        with open(path, "rb") as fh:  # closed even when numpy fails half-way
+            data = np.load(fh, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise FileFormatError(f"{path}: expected an .npz archive with arrays 'mu' and 'sigma', "
+                                      "not a single .npy array")
+            with data:
+                missing = [key for key in ("mu", "sigma") if key not in data.files]
+                if missing:
+                    raise file_format_error(path, _STATS, f"missing {missing}, found {sorted(data.files)[:8]}")
+                mu, sigma = data["mu"], data["sigma"]
     except FileFormatError:
         raise
     except (*READ_ERRORS, OSError) as err:

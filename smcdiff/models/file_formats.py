@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 import zlib
 from typing import Any
@@ -98,7 +99,8 @@ def describe_file(source) -> str:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "unrecognised binary data"
-    return "a text file" if text.isprintable() or text.strip() else "unrecognised binary data"
+    readable = sum(c.isprintable() or c in "\t\n\r" for c in text)
+    return "a text file" if readable >= 0.95 * len(text) else "unrecognised binary data"
 
 
 def _name(source) -> str:
@@ -130,7 +132,9 @@ def torch_load_file(path, expected: str, *, map_location: Any = "cpu") -> Any:
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         raise FileFormatError(f"{os.fspath(path)}: is a folder, expected a file: {expected}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle is refused below with a clear message
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except READ_ERRORS as err:
         raise file_format_error(path, expected, err) from err
     except OSError as err:  # e.g. a read error inside the archive

@@ -47,7 +47,7 @@ from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.resampling import Resampler
 from smcdiff.results import FINAL_CHOICES, Result, choose_final
 from smcdiff.types import Denoiser, GeneratorSpec, Potential, Tensor
-from smcdiff.weights.compose import evaluate_terms
+from smcdiff.weights.compose import evaluate_terms, potential_name
 
 __all__ = ["sample", "DiffusionModel", "Result", "SampleResult"]
 
@@ -58,7 +58,8 @@ _FORMS = ("difference", "incremental")
 _FAULTS = ((8, "the guidance term (e.g. the discriminator's log-ratio or its gradient) is non-finite"),
            (1, "the denoiser returned non-finite values"),
            (2, "the kernel produced a non-finite state x"),
-           (4, "the kernel's log-weight is NaN"))
+           (4, "the kernel's log-weight is NaN"),
+           (16, "the potential {potential!r} returned NaN or +inf (use -inf for zero weight)"))
 
 
 def _accepts_context(kernel) -> bool:
@@ -105,7 +106,9 @@ class DiffusionModel:
         return self.potential is not None and (self.potential_steps is None or t in self.potential_steps)
 
     def init(self, G, K, generator):
-        z = _rng.randn((G, K) + self.shape, generator) if self.x_init is None else self.x_init.to(torch.float64)
+        device = (generator if isinstance(generator, torch.Generator) else generator[0]).device
+        z = _rng.randn((G, K) + self.shape, generator, device=device) if self.x_init is None else \
+            self.x_init.to(torch.float64)
         x = self.sigmas[0] * z
         zeros = torch.zeros(G, K, dtype=torch.float64, device=x.device)
         return {"x": x, "x0_hat": torch.zeros_like(x), "value": zeros, "value_before": zeros, "terms": {},
@@ -141,18 +144,20 @@ class DiffusionModel:
                 | (torch.isnan(kernel_lw.reshape(N)).to(torch.uint8) << 2)).reshape(G, K)
         if guidance_fault is not None:
             bits = bits | (guidance_fault.reshape(G, K).to(torch.uint8) << 3)
-        new["fault"] = state["fault"] | bits
-        new["fault_step"] = torch.where((state["fault_step"] < 0) & (bits > 0), t, state["fault_step"])
         # Weight: the potential at the noise level reached, on the scheduled steps.
         if self.evaluates(t):
-            sigma = self.sigma_after(t).to(x.device).expand(N)
+            sigma = torch.full((N,), float(self.sigma_after(t)), dtype=torch.float64, device=x.device)
             extra = {}
             if getattr(self.potential, "uses_previous", False):  # running statistics (FK "max"/"sum")
                 extra["previous"] = None if t == self.first_potential_step else state["value"].reshape(N)
-            value, terms = evaluate_terms(self.potential, out.x, sigma, out.x0_hat, **extra, **cond)
+            value, terms = evaluate_terms(self.potential, out.x, sigma, out.x0_hat, check_finite=False, **extra, **cond)
+            bad_value = torch.isnan(value) | torch.isposinf(value)  # recorded, raised at the engine's check
+            bits = bits | (bad_value.reshape(G, K).to(torch.uint8) << 4)
             new["value_before"], new["value"] = state["value"], value.reshape(G, K)
             if hasattr(self.potential, "terms"):
                 new["terms"] = {name: term.reshape(G, K) for name, term in terms.items()}
+        new["fault"] = state["fault"] | bits
+        new["fault_step"] = torch.where((state["fault_step"] < 0) & (bits > 0), t, state["fault_step"])
         return new
 
     def log_potential(self, t, prev, new):
@@ -177,6 +182,7 @@ class DiffusionModel:
             if bool(hit.any()):
                 groups = torch.nonzero(hit.any(1)).flatten().tolist()
                 first = int(state["fault_step"][hit].min())
+                what = what.format(potential=potential_name(self.potential)) if bit == 16 else what
                 parts.append(f"{what} at step {first} in group(s) {groups}")
         return "; ".join(parts)
 
@@ -247,7 +253,7 @@ def sample(
     """
     if generator is None:
         raise TypeError("sample() needs generator=torch.Generator().manual_seed(seed) (or one per group)")
-    sigmas = check_sigmas(sigmas)
+    sigmas = check_sigmas(sigmas).cpu()  # host numbers: kernels fill per-step levels without a sync
     if potential_form not in _FORMS:
         raise ValueError(f"potential_form must be one of {_FORMS}, got {potential_form!r}")
     if final not in FINAL_CHOICES:

@@ -171,7 +171,7 @@ def test_sampling_records_no_autograd_graph():
 # ----------------------------------------------------------------------------- the package's shape
 
 LAYERS = {  # module prefix -> layer; a module may import only from layers <= its own
-    "smcdiff._rng": 0, "smcdiff.types": 0, "smcdiff.checks": 0, "smcdiff.log_weights": 1,
+    "smcdiff._rng": 0, "smcdiff.types": 0, "smcdiff.checks": 0, "smcdiff.errors": 0, "smcdiff.log_weights": 1,
     "smcdiff.resampling_schemes": 1, "smcdiff.resampling": 1, "smcdiff.engine": 2,
     "smcdiff.kernels": 3, "smcdiff.weights": 3, "smcdiff.results": 4, "smcdiff.sampling": 4,
     "smcdiff.likelihood": 5, "smcdiff.models": 5, "smcdiff.data": 6, "smcdiff.methods": 7,

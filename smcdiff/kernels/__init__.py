@@ -4,11 +4,13 @@
   :class:`EDMHeun` (EDM Algorithm 2, with Liu et al.'s forced churn and DG's boosting as options),
   :class:`EulerMaruyama`, :class:`Restart`;
 * guidance transforms D → D' (:mod:`smcdiff.kernels.guidance`): :class:`EpsilonScaling`,
-  :class:`DiscriminatorGuidance`, composed onto any kernel by :class:`Guided`;
+  :class:`DiscriminatorGuidance`, :class:`ClassifierFreeGuidance`, composed onto any kernel by
+  :class:`Guided`;
 * schedules (:mod:`smcdiff.kernels.schedules`) and the steps themselves (:mod:`smcdiff.kernels.steps`);
 * :class:`CallCounter` (:mod:`smcdiff.kernels.counting`), the honest NFE counter.
 """
 
+from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.edm import MAX_GAMMA, ChurnBoost, EDMEuler, EDMHeun, EulerMaruyama
 from smcdiff.kernels.guidance import (
@@ -20,7 +22,7 @@ from smcdiff.kernels.steps import StepOutput, churn, edm_step, euler_maruyama_st
 
 __all__ = [
     "EDMEuler", "EDMHeun", "EulerMaruyama", "Restart", "ChurnBoost", "MAX_GAMMA",
-    "EpsilonScaling", "DiscriminatorGuidance", "Guided", "CorrectedEulerMaruyama", "log_ratio_grad", "CallCounter",
+    "EpsilonScaling", "DiscriminatorGuidance", "ClassifierFreeGuidance", "Guided", "CorrectedEulerMaruyama", "log_ratio_grad", "CallCounter",
     "StepOutput", "churn", "euler_step", "heun_step", "edm_step", "euler_maruyama_step",
     "karras_sigmas", "vp_sigmas", "ve_sigmas", "iddpm_sigmas", "check_sigmas",
 ]

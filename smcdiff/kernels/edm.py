@@ -42,9 +42,11 @@ MAX_GAMMA = math.sqrt(2) - 1
 
 
 def levels(x, sigmas, i):
-    """σ_i and σ_{i+1} of schedule ``sigmas`` as per-sample ``(N,)`` tensors on ``x``'s device."""
+    """σ_i and σ_{i+1} of schedule ``sigmas`` (kept on the CPU) as per-sample ``(N,)`` float64 tensors
+    on ``x``'s device: filled from host numbers, so no copy or host synchronisation per step."""
     n = x.shape[0]
-    return sigmas[i].to(x.device).expand(n), sigmas[i + 1].to(x.device).expand(n)
+    return (torch.full((n,), float(sigmas[i]), dtype=torch.float64, device=x.device),
+            torch.full((n,), float(sigmas[i + 1]), dtype=torch.float64, device=x.device))
 
 
 def _check_knob(name: str, value) -> float:

@@ -38,6 +38,7 @@ import math
 import torch
 
 from smcdiff import _rng
+from smcdiff.kernels.edm import levels
 from smcdiff.kernels.schedules import vp_time
 from smcdiff.kernels.steps import StepOutput, denoise, per_sample
 from smcdiff.types import Tensor
@@ -242,7 +243,7 @@ class CorrectedEulerMaruyama:
 
     def __call__(self, denoiser, x, sigmas, i, generator, cond=None, **context) -> StepOutput:
         n = x.shape[0]
-        t_cur, t_next = sigmas[i].to(x.device).expand(n), sigmas[i + 1].to(x.device).expand(n)
+        t_cur, t_next = levels(x, sigmas, i)
         noise = _rng.randn_batch(x.shape, generator, dtype=x.dtype, device=x.device)
         x0 = denoise(denoiser, x, t_cur, cond)
         ones = torch.ones(n, dtype=torch.long, device=x.device)

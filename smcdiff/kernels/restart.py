@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from smcdiff import _rng
-from smcdiff.kernels.edm import EDMEuler, EDMHeun
+from smcdiff.kernels.edm import EDMEuler, EDMHeun, levels
 from smcdiff.kernels.schedules import karras_sigmas
 from smcdiff.kernels.steps import StepOutput, edm_step
 from smcdiff.types import Tensor
@@ -205,9 +205,7 @@ def restart_jump(x: Tensor, t_j: float, t_max: float, S_noise: float, generator)
 def restart_step(denoiser, x: Tensor, grid: Tensor, m: int, gamma: float, S_noise: float, generator,
                  cond=None) -> StepOutput:
     """Heun step ``m`` of a restart grid, with churn ``gamma`` (the noise is drawn even when γ = 0)."""
-    n = x.shape[0]
-    t_cur = grid[m].to(x.device).expand(n)
-    t_next = grid[m + 1].to(x.device).expand(n)
+    t_cur, t_next = levels(x, grid, m)
     noise = _rng.randn_batch(x.shape, generator, dtype=x.dtype, device=x.device)
     return edm_step(denoiser, x, t_cur, t_next, gamma=gamma, S_noise=S_noise, noise=noise, cond=cond)
 

@@ -13,8 +13,9 @@ import io
 import math
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -258,8 +259,8 @@ CASES = [
          ("returns", lambda same: same is True)),
     # potentials
     Case(31, "DensityRatio(prob=<returns logits [2, -3, 0.5]>)", lambda f: _ratio([2.0, -3.0, 0.5]),
-         ("raises", ValueError, r"prob of 'log_ratio' returned 2 values outside \[0, 1\] \(probabilities\).*"
-                                r"logit=True.*clip_range=True")),
+         ("raises", ValueError, (r"prob of 'log_ratio' returned 2 values outside \[0, 1\] \(probabilities\).*"
+                                 r"logit=True.*clip_range=True"))),
     Case(32, "DensityRatio(prob=<returns 1.5>, clip_range=True)",
          lambda f: _ratio([1.5, 0.5, 0.2], clip_range=True), ("returns", _finite)),
     Case(33, "DensityRatio(prob=<returns NaN>)", lambda f: _ratio([0.5, NAN, 0.2]),
@@ -269,8 +270,8 @@ CASES = [
     Case(35, "DensityRatio(log_ratio=<returns NaN>)", lambda f: _ratio([0.0, NAN, 1.0], log=True),
          ("raises", ValueError, r"log_ratio of 'log_ratio' returned NaN at 1 of 3 samples")),
     Case(36, "DetectorLikelihood(<detector returns logits 3.0>)", lambda f: _detector([3.0, 0.5, 0.2]),
-         ("raises", ValueError, r"detector of 'detector' returned 1 values outside \[0, 1\].*log_probs=True.*"
-                                r"clip_range=True")),
+         ("raises", ValueError, (r"detector of 'detector' returned 1 values outside \[0, 1\].*log_probs=True.*"
+                                 r"clip_range=True"))),
     Case(37, "DetectorLikelihood(log_probs=True, <returns +0.5>)", lambda f: _detector([0.5, -1.0, -2.0], log_probs=True),
          ("raises", ValueError, r"outside \[-inf, 0\] \(log-probabilities\)")),
     Case(38, "DetectorLikelihood(<detector returns NaN>)", lambda f: _detector([NAN, 0.5, 0.2]),
@@ -354,8 +355,8 @@ CASES = [
     Case(71, "load_edm(<truncated pickle>)", lambda f: _load_edm(f["truncated.pkl"]),
          ("raises", ValueError, r"truncated.pkl: not an EDM network pickle .*a Python pickle .*truncated", FFE)),
     Case(72, "load_edm(<torch.save zip>)", lambda f: _load_edm(f["torch.pt"]),
-         ("raises", ValueError, r"torch.pt: not an EDM network pickle .*a torch.save checkpoint \(zip archive\).*"
-                                r"small_nets.load", FFE)),
+         ("raises", ValueError, (r"torch.pt: not an EDM network pickle .*a torch.save checkpoint \(zip archive\).*"
+                                 r"small_nets.load"), FFE)),
     Case(73, "load_edm(<.npz>)", lambda f: _load_edm(f["stats.npz"]),
          ("raises", ValueError, r"stats.npz: not an EDM network pickle .*a NumPy .npz archive", FFE)),
     Case(74, "small_nets.load(<empty file>)", lambda f: _small_load(f["empty.pkl"]),

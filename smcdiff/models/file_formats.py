@@ -83,7 +83,7 @@ def describe_file(source) -> str:
         return "an unreadable file"
     if not head:
         return "an empty file (0 bytes)"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _zip_kind(source)
     if head.startswith(b"\x93NUMPY"):
         return "a NumPy .npy array"

@@ -45,12 +45,18 @@ import importlib
 import io
 import os
 import re
-from typing import Any, BinaryIO, Callable, Union
+from collections.abc import Callable
+from typing import Any, BinaryIO, Union
 
 import torch
 
 from smcdiff.models.file_formats import READ_ERRORS, FileFormatError, file_format_error
-from smcdiff.models.pickle_safe import SAFE_GLOBALS, PersistentStub, SafeUnpickler, UnsafePickleError
+from smcdiff.models.pickle_safe import (
+    SAFE_GLOBALS,
+    PersistentStub,
+    SafeUnpickler,
+    UnsafePickleError,
+)
 from smcdiff.models.pickle_trusted import TrustingUnpickler
 
 __all__ = [

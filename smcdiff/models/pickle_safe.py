@@ -18,7 +18,8 @@ import _codecs
 import collections
 import io
 import pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -42,7 +42,12 @@ from torch import nn
 from smcdiff.models.file_formats import FileFormatError, torch_load_file
 from smcdiff.models.net_blocks import fourier_embedding, init_parameters_
 from smcdiff.models.precond import edm_preconditioning
-from smcdiff.models.small_classifiers import TAU_MIN, ConvTimeDiscriminator, DigitsClassifier, TimeDiscriminator
+from smcdiff.models.small_classifiers import (
+    TAU_MIN,
+    ConvTimeDiscriminator,
+    DigitsClassifier,
+    TimeDiscriminator,
+)
 from smcdiff.models.small_denoisers import ConvDenoiser, MLPDenoiser
 from smcdiff.types import Tensor
 

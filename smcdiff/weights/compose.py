@@ -49,7 +49,12 @@ import torch
 
 from smcdiff.checks import check_real
 from smcdiff.types import Tensor
-from smcdiff.weights.values import check_factor, check_log_terms, log_values, num_samples
+from smcdiff.weights.values import (
+    check_factor,
+    check_log_terms,
+    log_values,
+    num_samples,
+)
 
 __all__ = ["Sum", "Scale", "Window", "evaluate_terms", "potential_name", "static_term_names"]
 

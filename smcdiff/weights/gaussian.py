@@ -80,9 +80,12 @@ class GaussianLikelihood:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device).expand(N) ** 2
         c = s2 * self.data_var / (s2 + self.data_var)
         m = A.shape[0]
-        finite, uniform = torch.stack([torch.isfinite(c).all(), (c == c[0]).all()]).tolist()  # one host read
+        finite, uniform, finite_x0 = torch.stack(  # one host read
+            [torch.isfinite(c).all(), (c == c[0]).all(), torch.isfinite(flat).all()]).tolist()
         if not finite:
             raise ValueError("GaussianLikelihood: sigma must be finite (got NaN or inf)")
+        if not finite_x0:
+            raise ValueError("potential GaussianLikelihood: x0_hat must be finite (did the denoiser return NaN or inf?)")
         if uniform:
             cov = (self.R.to(flat.device) + c[0] * self._AAt.to(flat.device)).expand(1, m, m)
         else:

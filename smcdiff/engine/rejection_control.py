@@ -19,7 +19,7 @@ import torch
 from smcdiff import _rng
 from smcdiff.types import State, Tensor
 
-__all__ = ["RejectionControl", "apply_rejection_control", "select_particles"]
+__all__ = ["RejectionControl", "apply_rejection_control", "select_particles", "take_groups", "put_groups"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,28 @@ def apply_rejection_control(model, t: int, x_prev: State, x_new: State, inc: Ten
     trials = torch.zeros_like(count)
     keep_x, keep_inc = x_new, inc.clone()
     cand_x, cand_inc = x_new, inc
+    per_group = not isinstance(generator, torch.Generator)
+    rows = torch.arange(G, device=inc.device)
     for r in range(rc.max_rounds):
-        if r > 0:
-            cand_x = model.move(t, x_prev, generator)
-            cand_inc = model.log_potential(t, x_prev, cand_x).to(inc.dtype)
-        u = _rng.rand((G, K), rc_generator, dtype=inc.dtype, device=inc.device)
+        if r > 0 and per_group:
+            # Per-group streams: only the groups still waiting propose and draw, so a group's output
+            # does not depend on the others (nor on how many groups run together).
+            rows = torch.nonzero((count < 2).any(1)).flatten()
+            sub = [int(g) for g in rows]
+            part_x = model.move(t, take_groups(x_prev, rows), [generator[g] for g in sub])
+            part_inc = model.log_potential(t, take_groups(x_prev, rows), part_x).to(inc.dtype)
+            cand_x, cand_inc = put_groups(cand_x, rows, part_x), cand_inc.index_put((rows,), part_inc)
+            u_rows = _rng.rand((len(sub), K), [rc_generator[g] for g in sub], dtype=inc.dtype, device=inc.device)
+            u = torch.ones(G, K, dtype=inc.dtype, device=inc.device).index_put((rows,), u_rows)
+        else:
+            if r > 0:
+                cand_x = model.move(t, x_prev, generator)
+                cand_inc = model.log_potential(t, x_prev, cand_x).to(inc.dtype)
+            u = _rng.rand((G, K), rc_generator, dtype=inc.dtype, device=inc.device)
         accept = torch.log(u) < cand_inc - log_c
         active = count < 2
+        if r > 0 and per_group:
+            active = active & torch.zeros(G, 1, dtype=torch.bool, device=inc.device).index_fill(0, rows, True)
         trials = trials + active.long()
         first = accept & active & (count == 0)
         keep_x = select_particles(first, cand_x, keep_x)
@@ -92,6 +107,20 @@ def apply_rejection_control(model, t: int, x_prev: State, x_new: State, inc: Ten
     new_inc = torch.where(count > 0, new_inc, torch.full_like(new_inc, -math.inf))
     rate = count.sum(1).to(inc.dtype) / trials.sum(1).clamp(min=1).to(inc.dtype)
     return keep_x, new_inc, rate
+
+
+def take_groups(x: State, rows: Tensor) -> State:
+    """The groups ``rows`` of a (nested) state: ``x[rows]`` for every entry."""
+    if isinstance(x, Mapping):
+        return {k: take_groups(v, rows) for k, v in x.items()}
+    return None if x is None else x[rows]
+
+
+def put_groups(full: State, rows: Tensor, part: State) -> State:
+    """``full`` with its groups ``rows`` replaced by ``part`` (a new state; ``full`` is not changed)."""
+    if isinstance(full, Mapping):
+        return {k: put_groups(full[k], rows, part[k]) for k in full}
+    return None if full is None else full.index_put((rows,), part)
 
 
 def select_particles(mask: Tensor, a: State, b: State) -> State:

@@ -233,7 +233,7 @@ def test_log_prob_and_elbo_on_the_digits_network():
     net = load_digits_models().denoiser
     x = torch.zeros(2, 1, 8, 8)
     res = log_prob(net, x, sigma_min=S_MIN, sigma_max=S_MAX, divergence="hutchinson",
-                   generator=torch.Generator().manual_seed(0), levels=17)
+                   generator=torch.Generator().manual_seed(0), levels=17, rtol=1e-3, atol=1e-3)
     assert torch.isfinite(res.log_prob).all() and res.bits_per_dim.shape == (2,) and res.nfe > 0
     lb = elbo(net, x, sigma_min=S_MIN, sigma_max=S_MAX, num_draws=8, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(lb.elbo).all()

@@ -178,7 +178,7 @@ def train_conditional_digits(out=None, *, recipe: dict | None = None, progress: 
                          sigma_data=ema.sigma_data)
     manifest = {
         "recipe": r, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "command": "python -m smcdiff.models.conditional_digits --out DIR"
+        "command": f"python -m smcdiff.models.conditional_digits --out {out if out is not None else 'DIR'}"
                    + (f" --recipe '{json.dumps(recipe)}'" if recipe else ""),
         "train_loss_last_10pct": float(losses[-max(1, len(losses) // 10):].mean()) if len(losses) else None,
         "test_loss_right_label": float(right), "test_loss_wrong_label": float(wrong),

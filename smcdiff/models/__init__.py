@@ -12,8 +12,9 @@
 """
 
 from smcdiff.models.diffusers_adapter import from_diffusers, from_k_diffusion
+from smcdiff.models.file_formats import FileFormatError
 from smcdiff.models.flow_adapter import from_flow_matching
 from smcdiff.models.gmm import GaussianMixture
 from smcdiff.models.pickle_loader import load_edm
 
-__all__ = ["GaussianMixture", "load_edm", "from_diffusers", "from_flow_matching", "from_k_diffusion"]
+__all__ = ["GaussianMixture", "load_edm", "FileFormatError", "from_diffusers", "from_flow_matching", "from_k_diffusion"]

@@ -134,8 +134,9 @@ class ProductEulerMaruyama:
     """FKC's corrected EM kernel for ``p₁^a p₂^b`` (see the module docstring).
 
     ``ProductEulerMaruyama(expert, a, b)``: the sampler's denoiser is ``D₁``, ``expert`` is
-    ``D₂(x, sigma, **cond)``. ``nfe`` is 2 per step (two denoiser forwards). The sampler must start
-    from (an approximation of) ``q_{σ_0}``: for ``a + b = 1`` (CFG) the usual ``N(0, σ_0² I)``.
+    ``D₂(x, sigma, **cond)``. ``nfe`` is 2 per step (two denoiser forwards). The sampler starts
+    from ``N(0, σ_0² I)``, which for ``a + b = 1`` (CFG) is ``q_{σ_0}`` up to ``O(1/σ_0²)``; otherwise
+    the first step weights it by ``exp(−(a + b − 1)‖x‖²/(2σ_0²))`` (each expert ≈ ``N(0, σ_0² I)``).
     """
 
     stochastic = True
@@ -155,6 +156,8 @@ class ProductEulerMaruyama:
         sq = lambda v: v.flatten(1).pow(2).sum(1)  # noqa: E731
         c = 0.5 * (self.a * sq(s1) + self.b * sq(s2) - sq(s))
         log_weight = c * (t_next**2 - t_cur**2)
+        if i == 0 and self.a + self.b != 1.0:  # start N(0, σ_0²) towards q_{σ_0} ≈ N(0, σ_0²)^{a+b}
+            log_weight = log_weight - (self.a + self.b - 1.0) * x.flatten(1).pow(2).sum(1) / (2 * t_cur**2)
         # EM step with the product score (denoiser x + σ² s).
         x0 = x + per_sample(t_cur**2, x) * s
         nfe = torch.full((x.shape[0],), 2, dtype=torch.long, device=x.device)

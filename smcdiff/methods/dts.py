@@ -53,7 +53,7 @@ import torch
 from smcdiff import _rng
 from smcdiff.kernels import EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
-from smcdiff.methods.base import validate_common
+from smcdiff.methods.base import check_callable, validate_common
 from smcdiff.resampling import ess as ess_of
 from smcdiff.results import Result, choose_final
 
@@ -86,7 +86,7 @@ def dts(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     final = final or ("argmax" if selection == "greedy" else "weighted")
     _rng.check_generator(generator, None if isinstance(generator, torch.Generator) else num_samples)
-    net, R = CallCounter(denoiser), CallCounter(reward)
+    net, R = CallCounter(denoiser), CallCounter(check_callable("reward", reward, "reward(x0) -> (N,)"))
     kernel = EulerMaruyama() if kernel is None else kernel
     T, N, I, B = num_samples, len(sigmas) - 1, num_particles, max_children
     M = 1 + I * (N + 1)  # root + one full rollout per iteration

@@ -6,9 +6,8 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 
-from smcdiff.apps.density_cli import add_classify_parser, add_likelihood_parser, run_classify, run_likelihood
+from smcdiff.apps.density_cli import add_classify_parser, add_likelihood_parser
 
 
 def _parser() -> argparse.ArgumentParser:

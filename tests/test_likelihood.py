@@ -131,7 +131,7 @@ def _elbo_quadrature(y: torch.Tensor) -> torch.Tensor:
     d = y.shape[1]
     out = []
     for yy in (y * y).sum(1).tolist():
-        def f(u):
+        def f(u, yy=yy):
             s = math.exp(u)
             tau = s * s - S_MIN**2
             b = 1 - (tau / (s * s)) * (1 - _w(s) / (_w(s) + s * s))
@@ -185,7 +185,7 @@ def test_elbo_below_ode_log_prob_with_default_prior_and_edm_sigmas():
 
 def test_elbo_draws_depend_on_the_sample_generator_only():
     x = REF2D.sample(3, torch.Generator().manual_seed(17))
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
     full = elbo(REF2D, x, sigma_min=S_MIN, sigma_max=S_MAX, num_draws=16, generator=gens())
     part = elbo(REF2D, x[1:], sigma_min=S_MIN, sigma_max=S_MAX, num_draws=16, generator=gens()[1:])
     assert torch.allclose(full.elbo[1:], part.elbo, rtol=0, atol=1e-10)

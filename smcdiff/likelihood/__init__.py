@@ -34,7 +34,15 @@ every random draw comes from the ``generator`` the caller passes.
 """
 
 from smcdiff.likelihood.bound import SIGMA_DISTS, ElboResult, elbo
-from smcdiff.likelihood.ode import DIVERGENCES, PROBES, LogProbResult, gaussian_prior, log_prob, to_bits_per_dim, uniform_dequantize
+from smcdiff.likelihood.ode import (
+    DIVERGENCES,
+    PROBES,
+    LogProbResult,
+    gaussian_prior,
+    log_prob,
+    to_bits_per_dim,
+    uniform_dequantize,
+)
 from smcdiff.likelihood.potential import DensityPotential
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch
 
 from smcdiff.types import Tensor
 
-__all__ = ["check_batch", "check_sigma_range", "check_cond", "denoiser_name", "call_denoiser"]
+__all__ = ["call_denoiser", "check_batch", "check_cond", "check_sigma_range", "denoiser_name"]
 
 
 def check_batch(x, name: str = "x") -> Tensor:

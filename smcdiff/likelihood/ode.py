@@ -154,6 +154,26 @@ def _divergence(denoiser, x: Tensor, sigma: Tensor, cond: dict, probes: Tensor |
     return D.detach(), (d - trace).detach()
 
 
+class _Field:
+    """The augmented vector field ``(t, (x, ℓ)) -> (dx/dt, dℓ/dt)`` for torchdiffeq, counting its calls.
+
+    ``x : (n, d)`` flattened points, ``ℓ : (n, P)``; ``t`` is σ, or ln σ when ``log_sigma``.
+    """
+
+    def __init__(self, denoiser, shape: tuple, cond: dict, probes: Tensor | None, log_sigma: bool):
+        self.denoiser, self.shape, self.cond, self.probes, self.log_sigma = denoiser, shape, cond, probes, log_sigma
+        self.calls = 0
+
+    def __call__(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        self.calls += 1
+        n = state[0].shape[0]
+        sigma = torch.exp(t) if self.log_sigma else t
+        z = state[0].reshape(n, *self.shape)
+        D, div = _divergence(self.denoiser, z, sigma.to(torch.float64).expand(n).clone(), self.cond, self.probes)
+        dx = state[0] - D  # (x − D): d/d ln σ; divide by σ for d/dσ
+        return (dx, div) if self.log_sigma else (dx / sigma, div / sigma)
+
+
 @torch.no_grad()
 def log_prob(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, cond=None, divergence: str = "exact",
              probe: str = "rademacher", num_probes: int = 1, generator=None,
@@ -220,21 +240,14 @@ def log_prob(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, cond=No
         cb = {k: (v[rows] if isinstance(v, Tensor) else v) for k, v in cond.items()}
         pb = None if probes is None else probes[rows]
 
-        def field(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-            nonlocal nfe
-            nfe += 1
-            sigma = torch.exp(t) if log_sigma else t
-            z = state[0].reshape(n_b, *shape)
-            D, div = _divergence(denoiser, z, sigma.to(torch.float64).expand(n_b).clone(), cb, pb)
-            dx = state[0] - D  # (x − D): d/d ln σ; divide by σ for d/dσ
-            return (dx, div) if log_sigma else (dx / sigma, div / sigma)
-
+        field = _Field(denoiser, shape, cb, pb, log_sigma)
         state0 = (xb.reshape(n_b, d), torch.zeros(n_b, 1 if pb is None else pb.shape[1], dtype=torch.float64))
         try:
             xs, ls = odeint(field, state0, t_span, rtol=float(rtol), atol=float(atol), method=method, options=options)
         except AssertionError as err:  # torchdiffeq signals step-size underflow by assert
             raise RuntimeError(f"the ODE solver ({method}) failed: {err}; loosen rtol/atol or check that the "
                                f"denoiser {denoiser_name(denoiser)} is smooth in x and sigma") from err
+        nfe += field.calls
         z_end = xs[-1].reshape(n_b, *shape)
         lp = torch.as_tensor(prior(z_end), dtype=torch.float64)
         if lp.shape != (n_b,) or not torch.isfinite(lp).all():

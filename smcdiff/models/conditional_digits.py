@@ -159,7 +159,7 @@ def train_conditional_digits(out=None, *, recipe: dict | None = None, progress: 
         # Minibatch with its labels, then EDM's σ and noise (edm_loss), Adam, EMA.
         idx = torch.randint(0, x.shape[0], (r["batch_size"],), generator=g)
         labels = onehot[idx]
-        loss = edm_loss(lambda z, s: net(z, s, class_labels=labels), x[idx], g, sigma_data=net.sigma_data)
+        loss = edm_loss(lambda z, s, labels=labels: net(z, s, class_labels=labels), x[idx], g, sigma_data=net.sigma_data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

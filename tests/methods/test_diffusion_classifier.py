@@ -98,7 +98,7 @@ def test_same_draws_for_every_class_and_one_hot_positions():
 
 def test_an_image_depends_on_its_own_generator_only():
     x = _points(2, seed=6)
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(4)]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(4)]
     full = diffusion_classifier(conditional_denoiser, x, [0, 1], generator=gens(), stages=((8, 2), (16, 1)))
     part = diffusion_classifier(conditional_denoiser, x[2:], [0, 1], generator=gens()[2:], stages=((8, 2), (16, 1)))
     assert torch.allclose(full.scores[2:], part.scores, rtol=0, atol=1e-12)
@@ -117,7 +117,7 @@ def test_works_with_an_edm_network():
 def test_bad_input_raises_clear_errors():
     x = _points(1, seed=7)
     g = torch.Generator()
-    run = lambda **kw: diffusion_classifier(conditional_denoiser, kw.pop("x", x), kw.pop("classes", [0, 1]),  # noqa: E731
+    run = lambda **kw: diffusion_classifier(conditional_denoiser, kw.pop("x", x), kw.pop("classes", [0, 1]),
                                             generator=kw.pop("generator", g), **kw)
     with pytest.raises(ValueError, match="distinct non-negative"):
         run(classes=[0, 0])

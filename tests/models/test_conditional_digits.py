@@ -24,7 +24,7 @@ def _labels(classes):
 
 def test_training_is_reproducible_from_the_seed(tmp_path):
     a, ma = train_conditional_digits(tmp_path / "a", recipe={"steps": 3, "width": 8})
-    b, mb = train_conditional_digits(recipe={"steps": 3, "width": 8})
+    b, _ = train_conditional_digits(recipe={"steps": 3, "width": 8})
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert ma["recipe"] == {**CONDITIONAL_DIGITS_RECIPE, "steps": 3, "width": 8}

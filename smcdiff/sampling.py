@@ -42,6 +42,7 @@ import torch
 
 from smcdiff import _rng, engine
 from smcdiff.engine import RejectionControl, StepInfo
+from smcdiff.engine.smc import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.resampling import Resampler
@@ -258,9 +259,7 @@ def sample(
         raise ValueError(f"potential_form must be one of {_FORMS}, got {potential_form!r}")
     if final not in FINAL_CHOICES:
         raise ValueError(f"final must be one of {FINAL_CHOICES}, got {final!r}")
-    for name, value in (("num_groups", num_groups), ("num_particles", num_particles)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    num_groups, num_particles = check_size("num_groups", num_groups), check_size("num_particles", num_particles)
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma, **cond) -> x0_hat, got {denoiser!r}")
     if not callable(kernel):

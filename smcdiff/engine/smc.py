@@ -69,7 +69,7 @@ from smcdiff.resampling import ess as ess_of
 from smcdiff.types import GeneratorSpec, State, Tensor
 
 __all__ = ["SMCState", "StepInfo", "SMCResult", "SMCFailedError", "init", "step", "run", "gather",
-           "check_model"]
+           "check_model", "check_size"]
 
 _MODEL_API = ("num_steps", "init", "move", "log_potential")
 
@@ -208,10 +208,18 @@ def _first_tensor(x: State) -> Tensor:
     return x
 
 
-def _check_sizes(num_groups, num_particles) -> None:
-    for name, value in (("num_groups", num_groups), ("num_particles", num_particles)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def check_size(name: str, value) -> int:
+    """``value`` as an int >= 1 (numpy integers accepted; bools and floats refused with ``ValueError``)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or isinstance(value, torch.Tensor) and value.dim():
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    out = int(value.__index__())
+    if out < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return out
+
+
+def _check_sizes(num_groups, num_particles) -> tuple[int, int]:
+    return check_size("num_groups", num_groups), check_size("num_particles", num_particles)
 
 
 def init(model, num_groups: int, num_particles: int, generator: GeneratorSpec, *,
@@ -225,7 +233,7 @@ def init(model, num_groups: int, num_particles: int, generator: GeneratorSpec, *
     ``rejection_control=True`` when steps will use rejection control (it derives its stream).
     """
     check_model(model)
-    _check_sizes(num_groups, num_particles)
+    num_groups, num_particles = _check_sizes(num_groups, num_particles)
     _rng.check_generator(generator)
     if resample_generator is None:
         resample_generator = _rng.derive(generator, "smcdiff.resampling")
@@ -338,7 +346,7 @@ def run(
     :class:`SMCFailedError` naming the step when some group's weights all become zero.
     """
     check_model(model)
-    _check_sizes(num_groups, num_particles)
+    num_groups, num_particles = _check_sizes(num_groups, num_particles)
     T = model.num_steps
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")

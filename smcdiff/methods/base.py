@@ -26,6 +26,7 @@ import dataclasses
 import torch
 
 from smcdiff import _rng
+from smcdiff.engine.smc import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.results import Result
@@ -40,12 +41,7 @@ MethodResult = Result
 
 def check_count(name: str, value) -> int:
     """An int >= 1 (numpy integers accepted, bools refused), else a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    value = int(value.__index__())
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return check_size(name, value)
 
 
 def check_callable(name: str, fn, signature: str, required: bool = True):

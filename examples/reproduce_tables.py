@@ -13,9 +13,13 @@ ImageNet-64 particle filter (REFERENCE §5a, Restart config, K = 2, 4, 6; condit
         --inception pt_inception-2015-12-05.pth --ref imagenet-64x64.npz --seeds 0-49999 --outdir runs/in64
 
 Each row writes its PNGs under ``outdir/<row>/`` and the script prints FID next to the published
-number. ``--smoke`` runs every row end to end on tiny random-weight networks (seconds on a CPU;
-the FID values are then meaningless) — the test suite runs it. Multi-GPU: run the generation part
-under ``torchrun`` with ``smcdiff generate`` and the same settings (printed with ``--print-commands``).
+number; an interrupted run resumes where it stopped (see ``smcdiff generate --help``). ``--smoke``
+runs every row end to end on tiny random-weight networks, on 4 seeds into a temporary folder by
+default (seconds on a CPU; the FID values are then meaningless) — the test suite runs it:
+
+    python examples/reproduce_tables.py cifar10 --smoke
+
+Multi-GPU: run the generation part under ``torchrun`` with ``smcdiff generate`` and the same settings.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from smcdiff.apps.generate import generate, parse_seeds
+from smcdiff.apps.options import UsageError, check_output_folder
 from smcdiff.kernels.restart import IMAGENET64_RESTART
 
 # row -> (method, method params, steps, published FID, where it was published)
@@ -90,15 +95,16 @@ def run(args) -> int:
     chosen = list(rows) if args.rows == "all" else args.rows.split(",")
     unknown = [r for r in chosen if r not in rows]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; {args.table} has {list(rows)}")
-    seeds = parse_seeds(args.seeds)
-    if args.smoke:
-        net, disc, extractor, ref = smoke_files(Path(tempfile.mkdtemp()))
-    else:
-        missing = [k for k in ("network", "classifier", "discriminator", "inception", "ref") if not getattr(args, k)]
-        if missing:
-            raise SystemExit(f"pass the local files: {', '.join('--' + k for k in missing)} (or --smoke)")
-        net, disc, extractor, ref = load_files(args)
+        raise UsageError(f"unknown rows {unknown}; {args.table} has {list(rows)}")
+    missing = [k for k in ("network", "classifier", "discriminator", "inception", "ref") if not getattr(args, k)]
+    if missing and not args.smoke:
+        raise UsageError(f"pass the local files: {', '.join('--' + k for k in missing)} (or --smoke)")
+    try:
+        seeds = parse_seeds(args.seeds)
+        check_output_folder(args.outdir, "--outdir")  # before loading or sampling anything
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    net, disc, extractor, ref = smoke_files(Path(tempfile.mkdtemp())) if args.smoke else load_files(args)
     print("| row | method | settings | FID (here) | FID (published) | source |")
     print("|---|---|---|---|---|---|")
     for row in chosen:
@@ -129,12 +135,23 @@ def main(argv=None) -> int:
     p.add_argument("--inception", help="local FID Inception-v3 weights (.pth)")
     p.add_argument("--ref", help="reference statistics .npz (mu, sigma)")
     p.add_argument("--trust-code", action="store_true")
-    p.add_argument("--seeds", default="0-49999")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--outdir", default="runs")
+    p.add_argument("--seeds", default=None, help="seeds (default: 0-49999; with --smoke 0-3)")
+    p.add_argument("--batch", type=int, default=None, help="seeds per batch (default: 100; with --smoke 4)")
+    p.add_argument("--outdir", default=None, help="where the rows' PNGs go (default: runs; with --smoke a temporary folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--smoke", action="store_true", help="tiny random-weight networks, end to end in seconds")
-    return run(p.parse_args(argv))
+    p.add_argument("--smoke", action="store_true", help="tiny random-weight networks on 4 seeds, end to end in seconds")
+    args = p.parse_args(argv)
+    small = args.smoke
+    args.seeds = args.seeds or ("0-3" if small else "0-49999")
+    args.batch = args.batch or (4 if small else 100)
+    args.outdir = args.outdir or (tempfile.mkdtemp(prefix="reproduce-smoke-") if small else "runs")
+    if args.batch < 1:
+        p.error(f"--batch must be >= 1, got {args.batch}")
+    try:
+        return run(args)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

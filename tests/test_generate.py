@@ -83,14 +83,17 @@ def test_an_image_depends_on_its_seed_alone(method, tmp_path):
 
 def test_labels_per_seed_and_fixed_class(tmp_path):
     net = Toy(label_dim=5)
-    generate(net, [0, 1, 2], tmp_path, steps=2, batch=3)
+    generate(net, [0, 1, 2], tmp_path / "random", steps=2, batch=3)
     labels = net.seen_labels[0]
     assert labels.shape == (3, 5) and (labels.sum(1) == 1).all()
     net = Toy(label_dim=5)
-    generate(net, [0, 1], tmp_path, steps=2, batch=2, class_idx=4)
+    generate(net, [0, 1], tmp_path / "fixed", steps=2, batch=2, class_idx=4)
     assert (net.seen_labels[0].argmax(1) == 4).all()
     with pytest.raises(ValueError, match="out of range"):
-        generate(Toy(label_dim=5), [0], tmp_path, steps=2, class_idx=9)
+        generate(Toy(label_dim=5), [0], tmp_path / "bad", steps=2, class_idx=9)
+    with pytest.raises(ValueError, match="unconditional"):  # a class for an unconditional net is not ignored
+        generate(Toy(), [0], tmp_path / "bad", steps=2, class_idx=1)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_bad_method_and_missing_discriminator(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smcdiff.apps.options import Parser, UsageError, check_output_file, check_output_folder, figure_suffixes
 from smcdiff.apps.options import command as _command
 from smcdiff.apps.options import non_negative as _non_negative
 from smcdiff.apps.options import positive_int as _positive_int
@@ -30,7 +31,9 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from smcdiff.resampling import SCHEMES
 
-    parser = argparse.ArgumentParser(prog="smcdiff", description="Diffusion sampling as sequential Monte Carlo.")
+    parser = Parser(
+        prog="smcdiff", description="Diffusion sampling as sequential Monte Carlo.",
+        epilog="Add --debug anywhere to see the full traceback of an error.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo = _command(
@@ -132,7 +135,7 @@ def _run_train(args) -> int:
                                                      ("--lr", args.lr, None), ("--num-fake", args.num_fake, 5000))
                    if value != default]
         if ignored:
-            raise SystemExit(f"error: digits-models takes its settings from --recipe, not {', '.join(ignored)} "
+            raise UsageError(f"error: digits-models takes its settings from --recipe, not {', '.join(ignored)} "
                              f"(e.g. --recipe '{{\"denoiser\": {{\"steps\": 6000}}}}')")
         from smcdiff.apps.train import train_digits_models
 
@@ -141,29 +144,31 @@ def _run_train(args) -> int:
         try:
             recipe = json.loads(args.recipe) if args.recipe else None
         except json.JSONDecodeError as err:
-            raise SystemExit(f"error: --recipe is not JSON: {err}") from None
+            raise UsageError(f"error: --recipe is not JSON: {err}") from None
         if args.seed != 0:
             recipe = {**(recipe or {}), "seed": args.seed}
+        check_output_folder(args.out, "--out")  # before any training
         try:
             models = train_digits_models(args.out, recipe=recipe, progress=progress)
         except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            raise UsageError(f"error: {err}") from None
         print(f"saved denoiser.pt, discriminator.pt, classifier.pt and manifest.json to {args.out}; "
               f"classifier test accuracy {models.manifest['classifier_test_accuracy']:.3f}")
         return 0
     if args.data is None:
-        raise SystemExit(f"error: training a {args.what} needs --data")
+        raise UsageError(f"error: training a {args.what} needs --data")
+    check_output_file(args.out, "--out")  # before any training
     if args.what == "denoiser":
         train_denoiser_on(args.data, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr or 1e-3,
                           seed=args.seed, progress=progress)
     elif args.what == "classifier":
         if args.data != "digits":
-            raise SystemExit("error: the classifier is trained on --data digits (the other sets have no labels)")
+            raise UsageError("error: the classifier is trained on --data digits (the other sets have no labels)")
         train_classifier_on(args.out, steps=args.steps, batch_size=args.batch, lr=args.lr or 1e-3, seed=args.seed,
                             progress=progress)
     else:
         if not args.denoiser:
-            raise SystemExit("error: training a discriminator needs --denoiser (a trained denoiser file)")
+            raise UsageError("error: training a discriminator needs --denoiser (a trained denoiser file)")
         train_discriminator_on(args.data, args.denoiser, args.out, steps=args.steps, batch_size=args.batch,
                                lr=args.lr or 3e-4, seed=args.seed, num_fake=args.num_fake, progress=progress)
     print(f"saved {args.what} to {args.out}")
@@ -214,7 +219,16 @@ def _load_models(folder):
     try:
         return load_digits_models(folder)
     except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(f"error: {err}") from None
+
+
+def _check_table_out(folder, check_results_folder) -> None:
+    """``--out`` of the table: a writable folder whose results.md (if any) has the generated block."""
+    try:
+        check_output_folder(folder, "--out")
+        check_results_folder(folder)
+    except ValueError as err:
+        raise UsageError(f"error: {err}") from None
 
 
 def _weights_label(folder) -> dict:
@@ -230,15 +244,19 @@ def _run_table(args) -> int:
     from smcdiff.apps.table import (TableConfig, check_results_folder, format_markdown, read_results, run_table, summarize,
                                write_results)
 
+    _check_table_out(args.out, check_results_folder)
     if args.from_json:
         try:
             cfg, runs, record = read_results(args.from_json)
-        except FileNotFoundError as err:
-            raise SystemExit(f"error: {err}") from None
+            saved = {k: record[k] for k in ("command", "seconds", "threads")}
+        except FileNotFoundError:
+            raise UsageError(f"error: --from-json {args.from_json}: no such file") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UsageError(f"error: --from-json {args.from_json}: not a results.json written by smcdiff table "
+                             f"({type(err).__name__}: {err})") from None
         manifest = record.get("manifest") or _load_models(args.weights).manifest
         label = {"weights": record["weights"]} if "weights" in record else _weights_label(args.weights)
-        path = write_results(cfg, runs, args.out, manifest=manifest, command=record["command"],
-                             seconds=record["seconds"], threads=record["threads"], **label)
+        path = write_results(cfg, runs, args.out, manifest=manifest, **saved, **label)
         print(f"re-rendered {path} and its .png/.json from {args.from_json}")
         return 0
     if args.threads:
@@ -251,18 +269,14 @@ def _run_table(args) -> int:
         try:
             changes["seeds"] = tuple(int(v) for v in args.seeds.split(","))
         except ValueError:
-            raise SystemExit(f"error: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+            raise UsageError(f"error: --seeds takes comma-separated integers, got {args.seeds!r}") from None
     if args.steps is not None:
         changes["steps"] = args.steps
     try:
         cfg = dataclasses.replace(cfg, **changes)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(f"error: {err}") from None
     models = _load_models(args.weights)
-    try:
-        check_results_folder(args.out)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
     start = time.perf_counter()
     runs = run_table(cfg, models=models, progress=not args.no_progress)
     seconds = time.perf_counter() - start
@@ -277,6 +291,8 @@ def _run_table(args) -> int:
 def _run_demo(args) -> int:
     from smcdiff.apps.demo import format_table, plot_demo, run_demo
 
+    if not args.no_plot:
+        check_output_file(args.out, "--out", figure_suffixes())  # before any sampling
     rows, samples = run_demo(num_groups=args.groups, num_particles=args.particles, num_steps=args.steps,
                              S_churn=args.churn, ess_threshold=args.ess_threshold, scheme=args.scheme,
                              seed=args.seed, progress=not args.no_progress)
@@ -293,6 +309,8 @@ def _run_demo(args) -> int:
 def _run_compare(args) -> int:
     from smcdiff.apps.compare import format_rows, plot_rows, run_compare
 
+    if not args.no_plot:
+        check_output_file(args.out, "--out", figure_suffixes())  # before any sampling
     rows = run_compare(num_samples=args.samples, steps=args.steps, num_particles=args.particles, seed=args.seed,
                        progress=not args.no_progress)
     print(f"smcdiff compare: {args.samples} outputs per method, {args.steps} steps, K={args.particles}, seed {args.seed}")
@@ -304,12 +322,43 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _message(err: BaseException) -> str:
+    """One line for ``err``: ``OSError``s as ``path: reason``, newlines folded."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split("\n"))
+
+
 def main(argv=None) -> int:
+    """Run the ``smcdiff`` command; a user error prints one ``error: ...`` line on stderr and ends
+    with exit status 2 (returns 2, or raises :class:`~smcdiff.apps.options.UsageError`, a
+    ``SystemExit(2)``, for errors in the options themselves); ``--debug`` shows the traceback."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = parser.parse_args(argv)
     args.argv = argv[1:]
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        raise
+    except SystemExit as err:
+        if not isinstance(err.code, str):
+            raise
+        print(err.code if err.code.startswith("error:") else f"error: {err.code}", file=sys.stderr)
+        raise UsageError(err.code) from None
+    except (ValueError, TypeError, OSError, NotImplementedError, RuntimeError) as err:
+        if debug:
+            raise
+        print(f"error: {_message(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

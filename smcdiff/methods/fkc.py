@@ -15,7 +15,9 @@ Feynman–Kac correction that the heat equation leaves over
 :class:`~smcdiff.kernels.twisted.RewardEulerMaruyama`): ``½(a‖s₁‖² + b‖s₂‖² − ‖a s₁ + b s₂‖²)(σ'² −
 σ²)`` for products, ``(β' − β) r(x) + ½β sᵀ∇r (σ² − σ'²)`` for the tilt. Systematic resampling
 after every step (or when the ESS falls below ``ess_threshold·K``). Exact as the step size → 0 and
-K → ∞; no weight clamping or centring (FKC's released code clamps: §B4).
+K → ∞; no weight clamping or centring (FKC's released code clamps: §B4). The explicit step needs
+steps small against the reward's curvature: on the 2-D quadratic tilt (λ = 3) 16 Karras steps
+diverge, 32 do not.
 
 **Output.** Weighted ``particles``, ``log_evidence`` (log Ẑ of the unnormalised target), ``x`` by
 ``final`` ("weighted", "argmax" by ``reward(x0)`` — biased —, "resample", "all"). **Cost.** Products:
@@ -84,4 +86,5 @@ def fkc(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
     expert_calls = E.count if E is not None else 0
     return dataclasses.replace(res, x=x, log_weights=log_w, selected=selected, potential=r0,
                                nfe=(res.nfe_total + expert_calls) / G, nfe_total=res.nfe_total + expert_calls,
-                               disc_calls=R.count / G, diagnostics={**res.diagnostics, "expert_nfe": expert_calls / G})
+                               disc_calls=R.count / G, diagnostics={**res.diagnostics, "expert_nfe": expert_calls / G,
+                                            "reward_grad_calls": 0.0 if E is not None else res.nfe_total / G})

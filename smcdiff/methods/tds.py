@@ -19,7 +19,7 @@ likelihood's variance (pass such a ``twist(x0_hat, sigma, **cond)``; it must equ
 consistent; "argmax" — the best reward, biased; "resample"; "all"). **Cost.** Per particle and
 step one denoiser forward *and backward* and one reward forward+backward, plus one reward forward
 for the potential: about 2–3× the NFE of FK steering at the same K, and the memory of a backward
-pass. ``diagnostics["grad_nfe"]`` counts the denoiser backward passes per output. **When.** A
+pass. ``diagnostics["grad_nfe"]`` and ``["reward_grad_calls"]`` count the backward passes per output. **When.** A
 differentiable reward whose gradient points the right way early in the chain (likelihoods of
 measurements, classifiers); with few particles it beats untwisted resampling.
 
@@ -67,7 +67,8 @@ def twisted_smc(denoiser, sigmas, twist, *, reward_counter: CallCounter, num_sam
     x, log_w, selected = choose_final(final, res.particles, res.log_weights, res.potential, generator)
     return dataclasses.replace(res, x=x, log_weights=log_w, selected=selected, nfe=res.nfe_total / G,
                                disc_calls=reward_counter.count / G,
-                               diagnostics={**res.diagnostics, "grad_nfe": res.nfe_total / G, **diagnostics})
+                               diagnostics={**res.diagnostics, "grad_nfe": res.nfe_total / G,
+                                            "reward_grad_calls": res.nfe_total / G, **diagnostics})
 
 
 def tds(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_particles: int = 4, twist=None,

@@ -64,7 +64,8 @@ def run(method, tilt, seed=0, **params):
                   final="all", **params)
 
 
-@pytest.mark.parametrize("name", ["2d-quadratic", "8d-quadratic", "2d-linear", "8d-linear"])
+@pytest.mark.parametrize("name", ["2d-quadratic", "8d-quadratic", pytest.param("2d-linear", marks=pytest.mark.slow),
+                                  pytest.param("8d-linear", marks=pytest.mark.slow)])
 def test_fk_steering_difference_potential(name):
     tilt = problem(name)
     assert_exact(run(fk_steering, tilt, ess_threshold=0.5), tilt)
@@ -91,19 +92,19 @@ def test_fk_steering_incremental_potentials_with_the_final_correction(form):
     assert_exact(run(fk_steering, tilt, seed=2, potential=form, interval=50), tilt)
 
 
-@pytest.mark.parametrize("name", ["2d-quadratic", "8d-quadratic", "2d-linear"])
+@pytest.mark.parametrize("name", ["2d-quadratic", "8d-quadratic", pytest.param("2d-linear", marks=pytest.mark.slow)])
 def test_tds(name):
     tilt = problem(name)
     assert_exact(run(tds, tilt, seed=3), tilt)
 
 
-@pytest.mark.parametrize("name", ["2d-quadratic", "8d-linear"])
+@pytest.mark.parametrize("name", ["2d-quadratic", pytest.param("8d-linear", marks=pytest.mark.slow)])
 def test_das(name):
     tilt = problem(name)
     assert_exact(run(das, tilt, seed=4), tilt)
 
 
-@pytest.mark.parametrize("name", ["2d-quadratic", "8d-quadratic"])
+@pytest.mark.parametrize("name", ["2d-quadratic", pytest.param("8d-quadratic", marks=pytest.mark.slow)])
 def test_fkc_cfg_on_prior_and_tilt_targets_the_doubled_tilt(name):
     """CFG with w = 2 between the prior p and the tilted π = p·e^r/Z targets p^(1−w)·π^w ∝ p·e^{2r}:
     again a closed-form tilt (λ doubled). Z of the unnormalised p^(−1)·π^2 is Z(2r)/Z(r)^2."""
@@ -119,7 +120,7 @@ def test_fkc_reward_on_the_noisy_state():
     assert_exact(run(fkc, tilt, seed=6), tilt, check_z=False)  # log Ẑ converges as O(step), slowly
 
 
-@pytest.mark.parametrize("name", ["2d-linear", "8d-quadratic"])
+@pytest.mark.parametrize("name", ["2d-linear", pytest.param("8d-quadratic", marks=pytest.mark.slow)])
 def test_dts_uniform_tree_is_exact(name):
     """A tree grown without looking at values (uniform selection) is a nested importance sampler:
     its weighted leaves are exact for any budget."""

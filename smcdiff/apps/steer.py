@@ -44,7 +44,7 @@ from smcdiff.methods.tds import tds
 from smcdiff.metrics.samples import sliced_wasserstein
 from smcdiff.models.tilted import component_weights, example_2d, example_8d
 
-__all__ = ["BUDGETS", "EXACT_METHODS", "plan", "cost_of", "benchmark_exact", "summarise", "markdown", "figure", "main"]
+__all__ = ["BUDGETS", "EXACT_METHODS", "benchmark_exact", "cost_of", "figure", "main", "markdown", "plan", "summarise"]
 
 BUDGETS = (1, 4, 16, 64)
 PROBLEMS = {"2d": lambda: example_2d("quadratic"), "8d": lambda: example_8d("quadratic")}
@@ -181,6 +181,8 @@ def figure(summary: list[dict], path, metrics=("tv", "sw", "log_z_error")):
     import matplotlib.pyplot as plt
 
     problems = list(dict.fromkeys(s["problem"] for s in summary))
+    names = [m for m in dict.fromkeys(s["method"] for s in summary) if m not in ("exact", "real")]
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(names)}  # one colour per method everywhere
     fig, axes = plt.subplots(len(problems), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(problems)),
                              squeeze=False)
     for i, p in enumerate(problems):
@@ -196,12 +198,12 @@ def figure(summary: list[dict], path, metrics=("tv", "sw", "log_z_error")):
                     continue
                 ax.errorbar([max(s["cost"], 0.5) for s in pts], [s[k] for s in pts],
                             yerr=[0 if math.isnan(s[k + "_se"]) else s[k + "_se"] for s in pts], marker="o", ms=3,
-                            capsize=2, label=m)
+                            capsize=2, label=m, color=colour[m])
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"{p}: {k}")
             ax.set_xlabel("cost per output / base NFE")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -221,12 +223,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.benchmark == "exact":
         seeds = tuple(range(args.seeds or (2 if args.quick else 5)))
-        kw = dict(budgets=(1, 4), num_samples=64, steps=32, problems=("2d",)) if args.quick else {}
+        kw = {"budgets": (1, 4), "num_samples": 64, "steps": 32, "problems": ("2d",)} if args.quick else {}
         rows = benchmark_exact(seeds=seeds, **kw)
         summary, name = summarise(rows), "exact"
         metrics = ("tv", "sw", "log_z_error")
     else:
-        from smcdiff.apps.steer_digits import benchmark_digits, markdown_digits, summarise_digits
+        from smcdiff.apps.steer_digits import (
+            benchmark_digits,
+            markdown_digits,
+            summarise_digits,
+        )
 
         rows = benchmark_digits(quick=args.quick, seeds=args.seeds)
         summary, name, metrics = summarise_digits(rows), "digits", ("accuracy", "fd", "recall")

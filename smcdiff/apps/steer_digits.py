@@ -34,8 +34,17 @@ import torch
 
 from smcdiff.kernels import karras_sigmas
 
-__all__ = ["SCORING_RECIPE", "SCORING_FILE", "train_scoring_classifier", "load_scoring_classifier",
-           "scoring_manifest", "ClassReward", "benchmark_digits", "summarise_digits", "markdown_digits"]
+__all__ = [
+    "SCORING_FILE",
+    "SCORING_RECIPE",
+    "ClassReward",
+    "benchmark_digits",
+    "load_scoring_classifier",
+    "markdown_digits",
+    "scoring_manifest",
+    "summarise_digits",
+    "train_scoring_classifier",
+]
 
 #: The recipe of ``smcdiff/assets/digits/scoring_classifier.pt`` (trained on the test split only).
 SCORING_RECIPE = {"seed": 1234, "width": 32, "feature_dim": 32, "steps": 1500, "batch_size": 64, "lr": 1e-3}
@@ -187,8 +196,9 @@ def markdown_digits(summary: list[dict]) -> str:
     """Benchmark B as a markdown table."""
     from smcdiff.apps.steer import _fmt
 
-    lines = ["| method | budget | K | cost | accuracy ↑ | FD ↓ | precision ↑ | recall ↑ | log Ẑ (≈ log p(c)) "
-             "| acc. vs best-of-N | FD vs best-of-N |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| method | budget | K | cost | accuracy ↑ | FD ↓ | precision ↑ | recall ↑ | log Ẑ (≈ log p(c)) "
+              "| acc. vs best-of-N | FD vs best-of-N |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         budget = "—" if s["method"] == "real" else f"{s['budget']}×"
         lines.append(f"| {s['method']} | {budget} | {s['particles']} | {s['cost']:.2f} | "

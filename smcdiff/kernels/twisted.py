@@ -51,7 +51,7 @@ from smcdiff.kernels.edm import levels
 from smcdiff.kernels.steps import StepOutput, denoise, per_sample
 from smcdiff.types import Tensor
 
-__all__ = ["TwistedEulerMaruyama", "ProductEulerMaruyama", "RewardEulerMaruyama", "twist_gradient"]
+__all__ = ["ProductEulerMaruyama", "RewardEulerMaruyama", "TwistedEulerMaruyama", "twist_gradient"]
 
 
 def _check_values(value, n: int, what: str) -> Tensor:
@@ -153,7 +153,7 @@ class ProductEulerMaruyama:
         s1, s2 = (d1 - x) / per_sample(t_cur**2, x), (d2 - x) / per_sample(t_cur**2, x)
         s = self.a * s1 + self.b * s2
         # FK corrector: c·(τ' − τ) with c = ½(a‖s₁‖² + b‖s₂‖² − ‖a s₁ + b s₂‖²), τ = σ².
-        sq = lambda v: v.flatten(1).pow(2).sum(1)  # noqa: E731
+        sq = lambda v: v.flatten(1).pow(2).sum(1)
         c = 0.5 * (self.a * sq(s1) + self.b * sq(s2) - sq(s))
         log_weight = c * (t_next**2 - t_cur**2)
         if i == 0 and self.a + self.b != 1.0:  # start N(0, σ_0²) towards q_{σ_0} ≈ N(0, σ_0²)^{a+b}

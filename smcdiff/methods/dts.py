@@ -57,7 +57,7 @@ from smcdiff.methods.base import check_callable, validate_common
 from smcdiff.resampling import ess as ess_of
 from smcdiff.results import Result, choose_final
 
-__all__ = ["dts", "SELECTIONS"]
+__all__ = ["SELECTIONS", "dts"]
 
 #: Child selection rules: DTS, DTS*, and the non-adaptive tree (an unbiased nested importance sampler).
 SELECTIONS = ("boltzmann", "greedy", "uniform")
@@ -101,7 +101,7 @@ def dts(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
     leaves = torch.full((T, I), -1, dtype=torch.long)
     done = torch.zeros((T, M), dtype=torch.bool)  # subtree complete: nothing left to expand below
     choose = _rng.derive(generator, "smcdiff.dts.select")
-    cap = lambda d: torch.where(d == N - 1, 1, B)  # noqa: E731
+    cap = lambda d: torch.where(d == N - 1, 1, B)
     for it in range(I):
         # Selection: descend while the node is full, among children with room below; stop at a
         # node to expand.
@@ -173,7 +173,7 @@ def dts(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
     particles = xs[rows[:, None], leaves.clamp_min(0)]
     out, log_w_out, selected = choose_final(final, particles, log_w, scores, generator)
     log_z = value[:, 0]
-    one = lambda t: t[None]  # noqa: E731  (a one-step record)
+    one = lambda t: t[None]
     return Result(
         x=out, log_weights=log_w_out, log_evidence=log_z, ess=one(ess_of(log_w)),
         resampled=torch.zeros(1, T, dtype=torch.bool), ancestors=one(torch.arange(I).expand(T, I)),

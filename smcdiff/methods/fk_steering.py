@@ -46,13 +46,19 @@ import torch
 
 from smcdiff.kernels import EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
-from smcdiff.methods.base import check_callable, check_count, initial_latents, per_group_cond, validate_common
+from smcdiff.methods.base import (
+    check_callable,
+    check_count,
+    initial_latents,
+    per_group_cond,
+    validate_common,
+)
 from smcdiff.resampling import Resampler
 from smcdiff.results import Result, choose_final
 from smcdiff.sampling import sample
 from smcdiff.weights import RewardPotential
 
-__all__ = ["fk_steering", "evaluation_steps", "lineage_sum", "POTENTIALS"]
+__all__ = ["POTENTIALS", "evaluation_steps", "fk_steering", "lineage_sum"]
 
 #: FK steering's potential names → the form of :class:`~smcdiff.weights.RewardPotential`.
 POTENTIALS = {"diff": "difference", "rt": "current", "max": "max", "sum": "sum"}

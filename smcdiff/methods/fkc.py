@@ -44,12 +44,18 @@ import torch
 
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.twisted import ProductEulerMaruyama, RewardEulerMaruyama
-from smcdiff.methods.base import check_callable, check_count, initial_latents, per_group_cond, validate_common
+from smcdiff.methods.base import (
+    check_callable,
+    check_count,
+    initial_latents,
+    per_group_cond,
+    validate_common,
+)
 from smcdiff.resampling import Resampler
 from smcdiff.results import Result, choose_final
 from smcdiff.sampling import sample
 
-__all__ = ["fkc", "default_beta"]
+__all__ = ["default_beta", "fkc"]
 
 
 def default_beta(sigma: torch.Tensor) -> torch.Tensor:

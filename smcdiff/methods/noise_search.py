@@ -47,7 +47,7 @@ from smcdiff.results import Result
 from smcdiff.sampling import sample
 from smcdiff.weights.steering import RewardTwist, TwistPotential
 
-__all__ = ["noise_search", "neighbours", "MODES"]
+__all__ = ["MODES", "neighbours", "noise_search"]
 
 MODES = ("random", "zero_order", "paths")
 

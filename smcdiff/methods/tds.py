@@ -38,7 +38,13 @@ import dataclasses
 
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.twisted import TwistedEulerMaruyama
-from smcdiff.methods.base import check_callable, check_count, initial_latents, per_group_cond, validate_common
+from smcdiff.methods.base import (
+    check_callable,
+    check_count,
+    initial_latents,
+    per_group_cond,
+    validate_common,
+)
 from smcdiff.resampling import Resampler
 from smcdiff.results import Result, choose_final
 from smcdiff.sampling import sample

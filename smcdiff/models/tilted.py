@@ -40,8 +40,16 @@ import torch
 from smcdiff.models.gmm import GaussianMixture
 from smcdiff.types import Tensor
 
-__all__ = ["Tilt", "QuadraticReward", "LinearReward", "quadratic_tilt", "linear_tilt", "example_2d",
-           "example_8d", "component_weights"]
+__all__ = [
+    "LinearReward",
+    "QuadraticReward",
+    "Tilt",
+    "component_weights",
+    "example_2d",
+    "example_8d",
+    "linear_tilt",
+    "quadratic_tilt",
+]
 
 F64 = torch.float64
 

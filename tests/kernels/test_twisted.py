@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from smcdiff.kernels import EulerMaruyama, karras_sigmas
-from smcdiff.kernels.twisted import ProductEulerMaruyama, RewardEulerMaruyama, TwistedEulerMaruyama
+from smcdiff.kernels.twisted import (
+    ProductEulerMaruyama,
+    RewardEulerMaruyama,
+    TwistedEulerMaruyama,
+)
 from smcdiff.models import GaussianMixture
 from smcdiff.models.tilted import linear_tilt, quadratic_tilt
 

@@ -20,7 +20,12 @@ from smcdiff.methods.dts import dts
 from smcdiff.methods.fk_steering import fk_steering
 from smcdiff.methods.fkc import fkc
 from smcdiff.methods.tds import tds
-from smcdiff.models.tilted import component_weights, example_2d, example_8d, quadratic_tilt
+from smcdiff.models.tilted import (
+    component_weights,
+    example_2d,
+    example_8d,
+    quadratic_tilt,
+)
 
 G, K, STEPS = 32, 128, 100
 

@@ -44,7 +44,7 @@ import torch
 from smcdiff.apps.generate import dist_info, image_path, parse_seeds, rank_batches
 from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
-from smcdiff.kernels.schedules import karras_sigmas
+from smcdiff.kernels.schedules import check_sigmas, karras_sigmas
 from smcdiff.methods import registry
 from smcdiff.methods.registry import CHURN, MethodSpec, Param
 from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
@@ -151,12 +151,13 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
                            negative_prompt: str = "", detector=None, detector_arch: str | None = None,
                            detector_resize: int | None = 800, discriminator=None, reward=None,
                            method_params: dict | None = None, dtype=None, device="cpu", max_batch: int | None = None,
-                           subdirs: bool = False, prompt_embeds=None, negative_prompt_embeds=None,
+                           subdirs: bool = False, sigmas=None, prompt_embeds=None, negative_prompt_embeds=None,
                            rank: int | None = None, world: int | None = None, progress: bool = False) -> list[Path]:
     """Write one PNG per (prompt, seed) of this rank (see the module doc); returns the paths written.
 
     ``prompts`` a list of strings (or one string); ``cfg`` the guidance weight (None or 1: none);
-    ``steps`` main-grid steps of EDM's ρ schedule on the model's [σ_min, σ_max]; ``detector``,
+    ``steps`` main-grid steps of EDM's ρ schedule on the model's [σ_min, σ_max] (``sigmas`` a
+    schedule of your own instead, e.g. :func:`~smcdiff.methods.text_to_image.sd21_sigmas`); ``detector``,
     ``discriminator``, ``reward`` local paths (or ready callables) for the methods that need them;
     ``method_params`` the method's own keywords (``num_particles``, ``S_churn``, ...);
     ``prompt_embeds (P, L, E)`` / ``negative_prompt_embeds (L, E)`` replace the text encoder.
@@ -183,7 +184,11 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
     # The network's calls are counted inside CFG: 2 per guided evaluation.
     net = CallCounter(model.denoiser)
     denoiser = ClassifierFreeGuidance(float(cfg)).bind(net, None, 0) if guided else net
-    sigmas = karras_sigmas(steps, model.denoiser.sigma_min, model.denoiser.sigma_max, rho)
+    if sigmas is None:
+        sigmas = karras_sigmas(steps, model.denoiser.sigma_min, model.denoiser.sigma_max, rho)
+    else:
+        sigmas = check_sigmas(sigmas)
+        steps = len(sigmas) - 1
     extra, counters = {}, {}
     if needs & {"detector"}:
         det = load_detector(detector, arch=detector_arch, device=device, resize=detector_resize,

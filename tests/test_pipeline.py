@@ -12,11 +12,16 @@ from PIL import Image
 
 diffusers = pytest.importorskip("diffusers")
 
-from smcdiff.apps.pipeline import (  # noqa: E402
-    TEXT_TO_IMAGE_METHODS, add_pipeline_options, generate_from_pipeline, method_spec, pipeline_kwargs, read_prompts,
+from smcdiff.apps.pipeline import (
+    TEXT_TO_IMAGE_METHODS,
+    add_pipeline_options,
+    generate_from_pipeline,
+    method_spec,
+    pipeline_kwargs,
+    read_prompts,
 )
-from smcdiff.methods.text_to_image import SD21_RESTART  # noqa: E402
-from tests.models import tiny_pipeline as tp  # noqa: E402
+from smcdiff.methods.text_to_image import SD21_RESTART
+from tests.models import tiny_pipeline as tp
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 STEPS = 12

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tests.models import tiny_pipeline as tp  # noqa: E402
+from tests.models import tiny_pipeline as tp
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "text_to_image.py"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")

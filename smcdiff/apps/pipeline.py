@@ -49,8 +49,15 @@ from smcdiff.methods import registry
 from smcdiff.methods.registry import CHURN, MethodSpec, Param
 from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
 
-__all__ = ["generate_from_pipeline", "add_pipeline_options", "pipeline_kwargs", "read_prompts", "load_reward",
-           "TEXT_TO_IMAGE_METHODS", "method_spec"]
+__all__ = [
+    "TEXT_TO_IMAGE_METHODS",
+    "add_pipeline_options",
+    "generate_from_pipeline",
+    "load_reward",
+    "method_spec",
+    "pipeline_kwargs",
+    "read_prompts",
+]
 
 
 def _ints(text: str) -> list[int]:

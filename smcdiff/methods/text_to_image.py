@@ -76,7 +76,12 @@ from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.restart import parse_restart
 from smcdiff.kernels.schedules import karras_sigmas
 from smcdiff.methods.base import (
-    as_method_result, check_callable, check_count, initial_latents, per_group_cond, validate_common,
+    as_method_result,
+    check_callable,
+    check_count,
+    initial_latents,
+    per_group_cond,
+    validate_common,
 )
 from smcdiff.methods.particle_filtering import LogRatioPotential, check_final_sigma, particle_kernel
 from smcdiff.models.detectors import detector_likelihood
@@ -86,9 +91,22 @@ from smcdiff.results import Result
 from smcdiff.sampling import sample
 from smcdiff.weights import Sum
 
-__all__ = ["text_to_image_pf", "pf_hybrid", "pf_detector", "pf_discriminator", "object_select", "t2i_kernel",
-           "sd21_sigmas", "ObjectScore", "OccurrenceByEvent", "SD21_RESTART", "SD21_RESTART_SPEC", "SD21_MAIN_STEPS",
-           "SD21_EDM", "PAPER_SETTINGS"]
+__all__ = [
+    "PAPER_SETTINGS",
+    "SD21_EDM",
+    "SD21_MAIN_STEPS",
+    "SD21_RESTART",
+    "SD21_RESTART_SPEC",
+    "ObjectScore",
+    "OccurrenceByEvent",
+    "object_select",
+    "pf_detector",
+    "pf_discriminator",
+    "pf_hybrid",
+    "sd21_sigmas",
+    "t2i_kernel",
+    "text_to_image_pf",
+]
 
 #: The paper's Restart intervals for SD 2.1-base ([N, K, t_min, t_max]; 6 repeats = 6 resampling events).
 SD21_RESTART_SPEC = "{[4,1,1.09,1.92], [4,2,0.59,1.09], [4,2,0.30,0.59], [4,1,0.06,0.30]}"

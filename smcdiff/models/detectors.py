@@ -43,8 +43,17 @@ from smcdiff.models.file_formats import FileFormatError, torch_load_file
 from smcdiff.models.latent import Decoded, quantize
 from smcdiff.types import Tensor
 
-__all__ = ["COCO_CLASSES", "SYNONYMS", "IMAGENET_MEAN", "IMAGENET_STD", "prompt_objects", "DETRDetector",
-           "TorchvisionDetector", "load_detector", "detector_likelihood"]
+__all__ = [
+    "COCO_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SYNONYMS",
+    "DETRDetector",
+    "TorchvisionDetector",
+    "detector_likelihood",
+    "load_detector",
+    "prompt_objects",
+]
 
 _NA = "N/A"
 #: COCO category names by category id (0–90; "N/A" where COCO has no category), as DETR and torchvision index them.

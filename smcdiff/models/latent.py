@@ -36,6 +36,7 @@ pixels (a detector, a reward). This module holds those pieces:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -44,8 +45,15 @@ import torch
 from smcdiff.models.diffusers_adapter import from_diffusers, model_device, network_dtype
 from smcdiff.types import Tensor
 
-__all__ = ["VAEDecoder", "Decoded", "PromptEncoder", "LatentDiffusion", "from_latent_diffusion", "latent_shape",
-           "quantize"]
+__all__ = [
+    "Decoded",
+    "LatentDiffusion",
+    "PromptEncoder",
+    "VAEDecoder",
+    "from_latent_diffusion",
+    "latent_shape",
+    "quantize",
+]
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -83,7 +91,7 @@ class VAEDecoder:
         scale = scaling_factor if scaling_factor is not None else config.get("scaling_factor", 0.18215)
         shift = shift_factor if shift_factor is not None else (config.get("shift_factor", None) or 0.0)
         scale, shift = float(scale), float(shift)
-        if not (scale > 0 and scale < float("inf")) or shift != shift or abs(shift) == float("inf"):
+        if not (0 < scale < math.inf and math.isfinite(shift)):
             raise ValueError(f"scaling_factor must be finite and > 0 and shift_factor finite, got {scale}, {shift}")
         self.vae, self.scaling_factor, self.shift_factor = vae, scale, shift
         self.max_batch, self.dtype = _check_batch(max_batch), network_dtype(vae, dtype)

@@ -35,8 +35,13 @@ from smcdiff.models.diffusers_adapter import model_device, network_dtype, sigma_
 from smcdiff.models.file_formats import FileFormatError, torch_load_file
 from smcdiff.types import Tensor
 
-__all__ = ["LatentDiscriminator", "LatentLogRatio", "save_latent_discriminator", "load_latent_discriminator",
-           "FORMAT"]
+__all__ = [
+    "FORMAT",
+    "LatentDiscriminator",
+    "LatentLogRatio",
+    "load_latent_discriminator",
+    "save_latent_discriminator",
+]
 
 FORMAT = "smcdiff.latent_discriminator.v1"
 _CONTEXTS = {"prompt": "encoder_hidden_states", "empty": "uncond.encoder_hidden_states"}

@@ -43,7 +43,7 @@ from pathlib import Path
 from smcdiff.models.file_formats import FileFormatError
 from smcdiff.models.latent import LatentDiffusion, PromptEncoder, VAEDecoder, latent_shape
 
-__all__ = ["load_pipeline", "read_model_index", "NETWORK_KEYS"]
+__all__ = ["NETWORK_KEYS", "load_pipeline", "read_model_index"]
 
 #: Subfolders that may hold the denoising network, in the order they are looked for.
 NETWORK_KEYS = ("unet", "transformer")
@@ -126,7 +126,7 @@ def _load(folder: Path, name: str, library: str, class_name: str, dtype=None):
         return component.to(dtype) if cast and library != "diffusers" else component
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EnvironmentError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
         message = " ".join(str(err).split())
         if len(message) > 400:
             message = message[:400] + " ..."

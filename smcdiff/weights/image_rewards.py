@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from smcdiff.types import Tensor
 
-__all__ = ["check_images", "ColorReward", "CLIPScore", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "CLIPScore", "ColorReward", "check_images"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -18,8 +18,8 @@ from smcdiff.weights.image_rewards import ColorReward
 
 diffusers = pytest.importorskip("diffusers")
 
-from smcdiff.models.latent import from_latent_diffusion  # noqa: E402
-from tests.models import tiny_pipeline as tp  # noqa: E402
+from smcdiff.models.latent import from_latent_diffusion
+from tests.models import tiny_pipeline as tp
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 

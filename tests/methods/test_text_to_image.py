@@ -12,15 +12,22 @@ from scipy.integrate import quad
 import smcdiff
 from smcdiff.kernels import karras_sigmas
 from smcdiff.methods.text_to_image import (
-    SD21_RESTART, OccurrenceByEvent, object_select, pf_detector, pf_discriminator, pf_hybrid, sd21_sigmas, t2i_kernel,
+    SD21_RESTART,
+    OccurrenceByEvent,
+    object_select,
+    pf_detector,
+    pf_discriminator,
+    pf_hybrid,
+    sd21_sigmas,
+    t2i_kernel,
 )
 from smcdiff.models import GaussianMixture
 
 diffusers = pytest.importorskip("diffusers")
 
-from smcdiff.models.latent import from_latent_diffusion  # noqa: E402
-from smcdiff.models.latent_discriminator import LatentDiscriminator, LatentLogRatio  # noqa: E402
-from tests.models import tiny_pipeline as tp  # noqa: E402
+from smcdiff.models.latent import from_latent_diffusion
+from smcdiff.models.latent_discriminator import LatentDiscriminator, LatentLogRatio
+from tests.models import tiny_pipeline as tp
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 

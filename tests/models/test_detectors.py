@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from smcdiff.metrics.object_occurrence import object_occurrence, object_occurrence_folder
 from smcdiff.models.detectors import (
-    COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DETRDetector, TorchvisionDetector, detector_likelihood, load_detector,
+    COCO_CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DETRDetector,
+    TorchvisionDetector,
+    detector_likelihood,
+    load_detector,
     prompt_objects,
 )
 from smcdiff.models.file_formats import FileFormatError

@@ -11,12 +11,12 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-import smcdiff  # noqa: E402
-from smcdiff.kernels import EDMEuler, Guided  # noqa: E402
-from smcdiff.kernels.cfg import ClassifierFreeGuidance  # noqa: E402
-from smcdiff.models.latent import Decoded, PromptEncoder, VAEDecoder, from_latent_diffusion, quantize  # noqa: E402
-from smcdiff.weights import RewardPotential  # noqa: E402
-from tests.models import tiny_pipeline as tp  # noqa: E402
+import smcdiff
+from smcdiff.kernels import EDMEuler, Guided
+from smcdiff.kernels.cfg import ClassifierFreeGuidance
+from smcdiff.models.latent import Decoded, PromptEncoder, VAEDecoder, from_latent_diffusion, quantize
+from smcdiff.weights import RewardPotential
+from tests.models import tiny_pipeline as tp
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
@@ -109,7 +109,7 @@ def test_decodes_happen_only_at_the_potential_steps(one_thread):
     cond = {"encoder_hidden_states": emb[0].expand(G, K, -1, -1), "uncond.encoder_hidden_states": emb[1].expand(G, K, -1, -1)}
     reward = RewardPotential(model.decoded(lambda images, **c: images.mean((1, 2, 3)).double()), "difference")
     kernel = Guided(EDMEuler(S_churn=5), ClassifierFreeGuidance(7.5))
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(G)]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(G)]
     res = smcdiff.sample(model.denoiser, sigmas, kernel, reward, smcdiff.Resampler("systematic", 0.5), G, K, model.shape,
                          gens(), potential_steps={2, steps - 1}, resample_steps={2}, cond=cond)
     assert model.decoder.decodes == 2 * G * K

@@ -10,9 +10,9 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from smcdiff.models.file_formats import FileFormatError  # noqa: E402
-from smcdiff.models.pipeline_folder import load_pipeline, read_model_index  # noqa: E402
-from tests.models import tiny_pipeline as tp  # noqa: E402
+from smcdiff.models.file_formats import FileFormatError
+from smcdiff.models.pipeline_folder import load_pipeline, read_model_index
+from tests.models import tiny_pipeline as tp
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 

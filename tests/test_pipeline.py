@@ -84,10 +84,17 @@ def test_text_to_image_methods_from_local_files(folder, tmp_path, one_thread):
 
 
 def test_best_of_n_scored_by_an_image_reward(folder, tmp_path, one_thread):
-    generate_from_pipeline(folder, ["a red apple"], tmp_path, method="best-of-n", seeds=[0], steps=4,
+    generate_from_pipeline(folder, ["a red apple"], tmp_path / "c", method="best-of-n", seeds=[0], steps=4,
                            reward="color:1,0,0", method_params={"num_particles": 2})
-    rec = _record(tmp_path)
+    rec = _record(tmp_path / "c")
     assert rec["reward_calls"] == 2 and rec["nfe"] == 2 * (2 * 4 - 1) * 2
+    # A CLIP score from a local folder: each prompt's particles are scored against their own prompt.
+    clip = tp.save_clip(tmp_path / "clip")
+    generate_from_pipeline(folder, ["a red apple", "a dog"], tmp_path / "clip-out", method="best-of-n", seeds=[0, 1],
+                           steps=3, reward=f"clip:{clip}", method_params={"num_particles": 2})
+    assert _record(tmp_path / "clip-out")["reward_calls"] == 2
+    with pytest.raises(ValueError, match="color:R,G,B or clip:FOLDER"):
+        generate_from_pipeline(folder, ["x"], tmp_path / "bad", method="best-of-n", reward="jpeg")
 
 
 def test_prompt_embeddings_replace_a_missing_text_encoder(tmp_path, one_thread):
@@ -132,3 +139,23 @@ def test_errors(folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="--prompts"):
         read_prompts(None, tmp_path / "missing.txt")
     assert method_spec("pf-hybrid") is TEXT_TO_IMAGE_METHODS["pf-hybrid"] and method_spec("edm").name == "edm"
+
+
+def test_fk_steering_through_the_app_with_a_scaled_reward(folder, tmp_path, monkeypatch, one_thread):
+    """A registered reward method (FK steering, registered here for the test) gets the decoded reward
+    times --reward-scale; NFE counts both CFG halves; reward calls = K × evaluation steps."""
+    from smcdiff.methods import registry
+    from smcdiff.methods.fk_steering import fk_steering
+
+    spec = registry.MethodSpec("fk-test", fk_steering, "FK steering", "reward", particles=True)
+    monkeypatch.setitem(registry.METHODS, "fk-test", spec)
+    seen = []
+
+    def reward(images, **cond):
+        seen.append(images.shape[0])
+        return images[:, 0].mean((1, 2)).double()
+
+    generate_from_pipeline(folder, ["a red apple"], tmp_path, method="fk-test", seeds=[0], steps=4, reward=reward,
+                           reward_scale=5.0, method_params={"num_particles": 2, "interval": 2})
+    rec = _record(tmp_path)
+    assert rec["nfe"] == 2 * 4 * 2 and rec["reward_calls"] == 2 * 3 == sum(seen)  # S = {0, 2, 3}

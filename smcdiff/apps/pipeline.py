@@ -156,7 +156,7 @@ def _embeddings(model, prompts, negative_prompt, prompt_embeds, negative_prompt_
 def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm", cfg: float | None = 7.5,
                            seeds: Sequence[int] | str = (0,), batch: int = 4, steps: int = 29, rho: float = 7.0,
                            negative_prompt: str = "", detector=None, detector_arch: str | None = None,
-                           detector_resize: int | None = 800, discriminator=None, reward=None,
+                           detector_resize: int | None = 800, discriminator=None, reward=None, reward_scale: float = 1.0,
                            method_params: dict | None = None, dtype=None, device="cpu", max_batch: int | None = None,
                            subdirs: bool = False, sigmas=None, prompt_embeds=None, negative_prompt_embeds=None,
                            rank: int | None = None, world: int | None = None, progress: bool = False) -> list[Path]:
@@ -165,7 +165,8 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
     ``prompts`` a list of strings (or one string); ``cfg`` the guidance weight (None or 1: none);
     ``steps`` main-grid steps of EDM's ρ schedule on the model's [σ_min, σ_max] (``sigmas`` a
     schedule of your own instead, e.g. :func:`~smcdiff.methods.text_to_image.sd21_sigmas`); ``detector``,
-    ``discriminator``, ``reward`` local paths (or ready callables) for the methods that need them;
+    ``discriminator``, ``reward`` local paths (or ready callables) for the methods that need them
+    (``reward_scale`` λ multiplies the reward: FK steering's log-tilt is λ·r);
     ``method_params`` the method's own keywords (``num_particles``, ``S_churn``, ...);
     ``prompt_embeds (P, L, E)`` / ``negative_prompt_embeds (L, E)`` replace the text encoder.
     """
@@ -211,8 +212,10 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
         counters["disc_calls"] = extra["log_ratio"]
     if needs & {"reward", "score"}:
         r = CallCounter(model.decoded(load_reward(reward, prompts, device=device)))
+        if not math.isfinite(float(reward_scale)):
+            raise ValueError(f"reward_scale must be finite, got {reward_scale}")
         if "reward" in needs:
-            extra["reward"] = r
+            extra["reward"] = lambda x0, **cond: float(reward_scale) * r(x0, **cond)
         else:
             extra["score"] = lambda x, **cond: r(x, **cond)
         counters["reward_calls"] = r
@@ -241,6 +244,8 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
                 cond["uncond.encoder_hidden_states"] = neg.to(device).expand(n, *lead, *c.shape)
             elif guided:
                 raise ValueError("classifier-free guidance needs an unconditional embedding (negative_prompt_embeds)")
+        if needs & {"reward", "score"}:  # which prompt a particle's reward scores (CLIPScore reads it)
+            cond["prompt_index"] = torch.full((len(batch_seeds), *lead), i, dtype=torch.long, device=device)
         kwargs = dict(extra)
         if "detector" in needs:
             kwargs["objects"] = prompt_objects(prompts[i])
@@ -311,6 +316,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    "fasterrcnn_resnet50_fpn")
     g.add_argument("--detector-resize", type=int, default=800, metavar="N", help="DETR input short side (default: %(default)s)")
     g.add_argument("--reward", metavar="SPEC", help="image reward: color:R,G,B or clip:FOLDER (FK steering, best-of-n)")
+    g.add_argument("--reward-scale", type=_cfg, default=1.0, metavar="L", help="lambda: the log-tilt is L * reward "
+                   "(default: %(default)s)")
     g.add_argument("--dtype", type=_dtype, default=None, metavar="T", help="network dtype: float32, float16, bfloat16")
     g.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest batch per network/VAE call")
 
@@ -321,6 +328,7 @@ def pipeline_kwargs(args: argparse.Namespace, method_params: dict | None = None)
     return dict(pipeline_dir=args.pipeline, prompts=prompts, outdir=args.outdir, method=args.method, cfg=args.cfg,
                 seeds=args.seeds, batch=args.batch, steps=args.steps, negative_prompt=args.negative_prompt,
                 detector=args.detector, detector_arch=args.detector_arch, detector_resize=args.detector_resize,
-                discriminator=getattr(args, "discriminator", None), reward=args.reward, method_params=method_params,
+                discriminator=getattr(args, "discriminator", None), reward=args.reward,
+                reward_scale=args.reward_scale, method_params=method_params,
                 dtype=args.dtype, device=getattr(args, "device", "cpu"), max_batch=args.max_batch,
                 subdirs=getattr(args, "subdirs", False), progress=True)

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         )
 
         rows = benchmark_digits(quick=args.quick, seeds=args.seeds)
-        summary, name, metrics = summarise_digits(rows), "digits", ("accuracy", "fd", "recall")
+        summary, name, metrics = summarise_digits(rows), "digits", ("accuracy", "fd", "precision")
     seconds = round(time.perf_counter() - start, 1)
     (out / f"{name}.json").write_text(json.dumps({"command": "smcdiff steer " + " ".join(argv), "seconds": seconds,
                                                    "threads": torch.get_num_threads(), "rows": rows,

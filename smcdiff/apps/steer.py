@@ -44,7 +44,8 @@ from smcdiff.methods.tds import tds
 from smcdiff.metrics.samples import sliced_wasserstein
 from smcdiff.models.tilted import component_weights, example_2d, example_8d
 
-__all__ = ["BUDGETS", "EXACT_METHODS", "benchmark_exact", "cost_of", "figure", "main", "markdown", "plan", "summarise"]
+__all__ = ["BUDGETS", "EXACT_METHODS", "benchmark_exact", "cost_of", "figure", "fmt_estimate", "main", "markdown", "plan",
+           "summarise"]
 
 BUDGETS = (1, 4, 16, 64)
 PROBLEMS = {"2d": lambda: example_2d("quadratic"), "8d": lambda: example_8d("quadratic")}
@@ -154,7 +155,8 @@ def summarise(rows: list[dict], metrics=("cost", "tv", "sw", "log_z_error")) -> 
     return out
 
 
-def _fmt(v, se, digits=3):
+def fmt_estimate(v, se, digits=3):
+    """``"v ± se"`` with ``digits`` decimals; "—" for NaN, no ``±`` for a NaN s.e. (one seed)."""
     if math.isnan(v):
         return "—"
     return f"{v:.{digits}f}" if math.isnan(se) else f"{v:.{digits}f} ± {se:.{digits}f}"
@@ -168,8 +170,8 @@ def markdown(summary: list[dict]) -> str:
                   "| method | budget | K | cost | TV(weights) | SW-1 | abs log-Z error |", "|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["problem"] == p):
             lines.append(f"| {s['method']} | {s['budget']}× | {s['particles']} | {s['cost']:.2f} | "
-                         f"{_fmt(s['tv'], s['tv_se'])} | {_fmt(s['sw'], s['sw_se'])} | "
-                         f"{_fmt(s['log_z_error'], s['log_z_error_se'])} |")
+                         f"{fmt_estimate(s['tv'], s['tv_se'])} | {fmt_estimate(s['sw'], s['sw_se'])} | "
+                         f"{fmt_estimate(s['log_z_error'], s['log_z_error_se'])} |")
     return "\n".join(lines) + "\n"
 
 

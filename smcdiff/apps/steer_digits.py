@@ -194,7 +194,7 @@ def summarise_digits(rows: list[dict]) -> list[dict]:
 
 def markdown_digits(summary: list[dict]) -> str:
     """Benchmark B as a markdown table."""
-    from smcdiff.apps.steer import _fmt
+    from smcdiff.apps.steer import fmt_estimate
 
     header = ("| method | budget | K | cost | accuracy ↑ | FD ↓ | precision ↑ | recall ↑ | log Ẑ (≈ log p(c)) "
               "| acc. vs best-of-N | FD vs best-of-N |")
@@ -202,7 +202,7 @@ def markdown_digits(summary: list[dict]) -> str:
     for s in summary:
         budget = "—" if s["method"] == "real" else f"{s['budget']}×"
         lines.append(f"| {s['method']} | {budget} | {s['particles']} | {s['cost']:.2f} | "
-                     f"{_fmt(s['accuracy'], s['accuracy_se'])} | {_fmt(s['fd'], s['fd_se'], 1)} | "
-                     f"{_fmt(s['precision'], s['precision_se'])} | {_fmt(s['recall'], s['recall_se'])} | {_fmt(s['log_z'], s['log_z_se'], 2)} | "
+                     f"{fmt_estimate(s['accuracy'], s['accuracy_se'])} | {fmt_estimate(s['fd'], s['fd_se'], 1)} | "
+                     f"{fmt_estimate(s['precision'], s['precision_se'])} | {fmt_estimate(s['recall'], s['recall_se'])} | {fmt_estimate(s['log_z'], s['log_z_se'], 2)} | "
                      f"{s['accuracy_vs_best']} | {s['fd_vs_best']} |")
     return "\n".join(lines) + "\n"

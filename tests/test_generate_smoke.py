@@ -66,3 +66,38 @@ def test_every_method_with_a_random_weight_discriminator(method, tmp_path):
     assert [p.name for p in paths] == ["000000.png", "000001.png"]
     img = np.asarray(Image.open(paths[0]))
     assert img.shape == (32, 32, 3) and img.std() > 0
+
+
+def test_the_shipped_digits_denoiser_works_with_generate(tmp_path, capsys):
+    # `--network digits` and the file itself give the images of the library call on the shipped
+    # denoiser (load_digits_models); before, the file failed with UnpicklingError.
+    from smcdiff.apps.generate_cli import load_network
+    from smcdiff.models.pretrained import DIGITS_ASSETS, load_digits_models
+
+    args = ["--seeds", "0-3", "--batch", "3", "--steps", "6", "--device", "cpu"]
+    assert main(["generate", "--network", "digits", "--outdir", str(tmp_path / "word"), *args]) == 0
+    assert main(["generate", "--network", str(DIGITS_ASSETS / "denoiser.pt"), "--outdir", str(tmp_path / "file"),
+                 *args]) == 0
+    direct = generate(load_digits_models().denoiser, range(4), tmp_path / "direct", steps=6, batch=3)
+    for p in direct:
+        img = np.asarray(Image.open(p))
+        assert img.shape == (8, 8) and img.dtype == np.uint8 and img.std() > 0
+        assert np.array_equal(img, np.asarray(Image.open(tmp_path / "word" / p.name)))
+        assert np.array_equal(img, np.asarray(Image.open(tmp_path / "file" / p.name)))
+    net, info = load_network("digits")
+    assert (net.img_channels, net.img_resolution, net.label_dim, net.sigma_min, net.sigma_max) == (1, 8, 0, 0.0, float("inf"))
+    assert info["class"] == "ConvDenoiser" and not any(p.requires_grad for p in net.parameters())
+    # ...and the shipped discriminator corrects it: DG's images differ from plain EDM's.
+    assert main(["generate", "--network", "digits", "--discriminator", "digits", "--method", "dg",
+                 "--outdir", str(tmp_path / "dg"), *args]) == 0
+    same = [np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "dg" / p.name))) for p in direct]
+    assert not all(same)
+
+
+def test_generate_help_says_diffrs_is_the_exception(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "DiffRS draws from ONE generator per batch" in text and "depend on the batch they ran in" in text
+    assert "diffrs: Diffusion Rejection Sampling (Na et al. 2024) -- one generator per batch" in text
+    assert "--overwrite" in text and "--network digits" in text

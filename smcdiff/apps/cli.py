@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub, _command)
     _add_train(sub)
     _add_table(sub)
+    from smcdiff.apps.density_cli import add_classify_parser, add_likelihood_parser
+
+    add_likelihood_parser(sub)
+    add_classify_parser(sub)
     return parser
 
 

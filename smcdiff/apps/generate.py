@@ -62,7 +62,7 @@ from smcdiff.kernels.schedules import karras_sigmas
 from smcdiff.methods import registry
 
 __all__ = ["METHODS", "SETTINGS_FILE", "MAX_SEEDS", "GeneratedImages", "parse_seeds", "rank_batches", "generate",
-           "to_uint8", "image_path", "dist_info", "run_settings", "image_ok"]
+           "to_uint8", "image_path", "image_shape", "dist_info", "run_settings", "image_ok"]
 
 #: ``--method`` names: the registered methods that need nothing but a discriminator (no Python callable).
 METHODS = tuple(name for name, spec in registry.METHODS.items() if spec.needs in (None, "log_ratio"))
@@ -154,6 +154,18 @@ def image_ok(path: Path, shape: tuple[int, int, int]) -> bool:
         return False
 
 
+def image_shape(net) -> tuple[int, int, int]:
+    """(C, H, W) of the images ``net`` makes: EDM's ``img_channels``/``img_resolution``, or a smcdiff
+    network's square ``event_shape``; ``ValueError`` for anything else."""
+    if hasattr(net, "img_channels") and hasattr(net, "img_resolution"):
+        return int(net.img_channels), int(net.img_resolution), int(net.img_resolution)
+    shape = tuple(getattr(net, "event_shape", ()))
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return tuple(int(v) for v in shape)
+    raise ValueError(f"generate needs a denoiser of square images: img_channels and img_resolution (EDM), or an "
+                     f"event_shape (C, H, H); {type(net).__name__} has neither (event_shape {shape or None})")
+
+
 def _mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
@@ -217,10 +229,18 @@ def run_settings(net, *, method: str, steps: int, sigmas: torch.Tensor, sigma_mi
     return json.loads(json.dumps({
         "method": method, "method_params": method_params, "steps": steps, "sigma_min": sigma_min,
         "sigma_max": sigma_max, "rho": rho, "sigmas": sigmas.tolist(), "class": class_idx,
-        "image_shape": [int(net.img_channels), int(net.img_resolution), int(net.img_resolution)],
+        "image_shape": list(image_shape(net)),
         "network": _identity(net), "discriminator": _identity(log_ratio),
         "batch": batch if registry.method(method).one_generator else None,
     }, default=repr))
+
+
+def _short(value) -> str:
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{value.get('class')} {value['sha256'][:12]}"
+    if isinstance(value, dict) and "of" in value:
+        return f"{_short(value['of'])}.{value.get('method')}"
+    return "none" if value is None else repr(value)
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -228,17 +248,8 @@ def _differences(old: dict, new: dict) -> str:
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if len(keys) > 1 and "sigmas" in keys:
         keys.remove("sigmas")
-    shown = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict) and "sha256" in a and "sha256" in b:
-            shown.append(f"{k}: another {k} ({a.get('class')} {a['sha256'][:12]} before, {b.get('class')} "
-                         f"{b['sha256'][:12]} now)")
-        elif k == "sigmas":
-            shown.append("sigmas: another noise schedule (the network's σ range changed)")
-        else:
-            shown.append(f"{k}: {a!r} before, {b!r} now")
-    return "; ".join(shown)
+    return "; ".join("sigmas: another noise schedule (the network's σ range changed)" if k == "sigmas" else
+                     f"{k}: {_short(old.get(k))} before, {_short(new.get(k))} now" for k in keys)
 
 
 def _any_png(outdir: Path) -> Path | None:
@@ -291,7 +302,8 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
     """Write one PNG per seed of this rank; returns the paths of this rank's images (in seed order).
 
     ``net`` an EDM-style denoiser ``net(x, sigma, class_labels=None)`` with ``img_resolution``,
-    ``img_channels``, ``label_dim`` (and optionally ``sigma_min``, ``sigma_max``, ``round_sigma``);
+    ``img_channels``, ``label_dim`` (and optionally ``sigma_min``, ``sigma_max``, ``round_sigma``),
+    or a smcdiff network with a square ``event_shape`` (C, H, H);
     ``method`` one of :data:`METHODS`; ``log_ratio`` the discriminator for dg/sedm/diffrs/pf;
     ``method_params`` extra keywords for the method (churn knobs, w1, num_particles, ...);
     ``resume`` skip the seeds whose image exists (see the module docstring); ``log`` receives one
@@ -311,7 +323,7 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
         raise ValueError("a seed is listed twice")
     params = dict(method_params or {})
     my_batches = rank_batches(seeds, batch, rank, world)
-    shape = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
+    shape = image_shape(net)
     if shape[0] not in (1, 3):
         raise ValueError(f"generate writes 1- or 3-channel PNGs; the network makes {shape[0]} channels")
     sigmas = _schedule(net, steps, sigma_min, sigma_max, rho)

@@ -49,6 +49,9 @@ SHORTCUTS = {"digits": ("denoiser.pt", "discriminator.pt")}
 def add_generate_parser(sub, command) -> None:
     """Add ``smcdiff generate`` to the subparsers ``sub`` (``command`` makes a subcommand parser)."""
     from smcdiff.apps.generate import METHODS
+    from smcdiff.apps.pipeline import TEXT_TO_IMAGE_METHODS, add_pipeline_options, method_spec
+
+    names = (*METHODS, *(n for n in (*registry.METHODS, *TEXT_TO_IMAGE_METHODS) if n not in METHODS))
 
     g = command(
         sub, "generate",
@@ -59,9 +62,9 @@ def add_generate_parser(sub, command) -> None:
         epilog=_GEN_EPILOG,
         width=34,
     )
-    g.add_argument("--network", required=True, metavar="FILE",
+    g.add_argument("--network", metavar="FILE",
                    help="local EDM network pickle (edm-*.pkl), a network saved by smcdiff (smcdiff train), or "
-                   "'digits' (the shipped 8x8 digits denoiser)")
+                   "'digits' (the shipped 8x8 digits denoiser); required unless --pipeline")
     g.add_argument("--trust-code", action="store_true",
                    help="execute the source code embedded in an EDM pickle (default: a safe loader that runs none)")
     g.add_argument("--outdir", required=True, metavar="DIR", help="where to write the images")
@@ -70,11 +73,12 @@ def add_generate_parser(sub, command) -> None:
     g.add_argument("--batch", type=_positive_int, default=64, metavar="N", help="seeds per batch (default: %(default)s)")
     g.add_argument("--class", dest="class_idx", type=int, default=None, metavar="C",
                    help="class label of a conditional network (default: random per seed)")
-    g.add_argument("--method", choices=METHODS, default="edm",
+    g.add_argument("--method", choices=names, default="edm",
                    help="sampling method (default: %(default)s): " + "; ".join(
-                       f"{name}: {registry.method(name).summary}"
+                       f"{name}: {method_spec(name).summary}"
                        + (" -- one generator per batch, so images depend on the batch" if
-                          registry.method(name).one_generator else "") for name in METHODS))
+                          method_spec(name).one_generator else "")
+                       + ("" if name in METHODS else " (with --pipeline)") for name in names))
     g.add_argument("--steps", type=_positive_int, default=18, metavar="N", help="sampler steps (default: %(default)s)")
     g.add_argument("--sigma_min", type=_real, default=0.002, help="lowest noise level (default: %(default)s)")
     g.add_argument("--sigma_max", type=_real, default=80.0, help="highest noise level (default: %(default)s)")
@@ -83,12 +87,13 @@ def add_generate_parser(sub, command) -> None:
     g.add_argument("--discriminator", metavar="PT",
                    help="DG discriminator head state dict (discriminator_60.pt, ...; with --classifier), or alone: a "
                    "discriminator saved by smcdiff, or 'digits' (the shipped digits discriminator)")
-    _add_method_options(g, METHODS)
+    _add_method_options(g, names)
     g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     g.add_argument("--manifest", action="store_true", help="also write manifest-rank{r}.txt listing this rank's seeds")
     g.add_argument("--overwrite", action="store_true",
                    help="start over: make every image again, even those already in --outdir, and record the new "
                    "settings (default: resume)")
+    add_pipeline_options(g)
     g.set_defaults(func=run_generate)
 
 
@@ -124,9 +129,11 @@ def _option_type(p):
 
 def _add_method_options(parser, names) -> None:
     """One option per parameter of the registered methods ``names`` (each once; default: the method's)."""
+    from smcdiff.apps.pipeline import method_spec
+
     seen = {}
     for name in names:
-        for p in registry.method(name).params:
+        for p in method_spec(name).params:
             seen.setdefault(p.name, (p, []))[1].append(name)
     for p, users in seen.values():
         who = f" ({', '.join(users)})"
@@ -138,7 +145,10 @@ def _add_method_options(parser, names) -> None:
 
 
 def _method_params(args) -> dict:
-    return registry.method_params(args.method, vars(args))
+    from smcdiff.apps.pipeline import method_spec
+
+    values = vars(args)
+    return {p.name: values[p.name] for p in method_spec(args.method).params if values.get(p.name) is not None}
 
 
 def _shortcut(spec: str, which: int):
@@ -229,6 +239,17 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
 
 
+def _run_pipeline(args) -> int:
+    """``generate --pipeline DIR``: text-to-image from a local diffusers folder (:mod:`smcdiff.apps.pipeline`)."""
+    from smcdiff.apps.pipeline import generate_from_pipeline, pipeline_kwargs
+
+    if args.network is not None:
+        raise ValueError("--network and --pipeline exclude each other (the pipeline folder holds the network)")
+    written = generate_from_pipeline(**pipeline_kwargs(args, _method_params(args)))
+    print(f"done: {len(written)} images in {args.outdir}")
+    return 0
+
+
 def run_generate(args) -> int:
     """Run ``smcdiff generate`` (parsed ``args``)."""
     import torch
@@ -239,6 +260,12 @@ def run_generate(args) -> int:
     seeds = parse_seeds(args.seeds)
     _check_device(args.device)
     check_output_folder(args.outdir, "--outdir")  # before loading anything
+    if args.pipeline is not None:
+        return _run_pipeline(args)
+    if args.network is None:
+        raise ValueError("generate needs --network (a network file or 'digits'), or --pipeline DIR for text-to-image")
+    if args.method not in registry.METHODS or registry.method(args.method).needs not in (None, "log_ratio"):
+        raise ValueError(f"method {args.method!r} needs --pipeline (a text-to-image pipeline folder)")
     needs = registry.method(args.method).needs == "log_ratio"
     if needs and not args.discriminator:
         raise ValueError(f"method {args.method!r} needs a discriminator: --discriminator (with --classifier for "

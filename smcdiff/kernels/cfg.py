@@ -132,10 +132,13 @@ class _CFGDenoiser:
     """The guided denoiser of one step; other attributes (``round_sigma``, ``sigma_min``, ...) are
     the wrapped denoiser's."""
 
-    evaluations_per_sample = 2
-
     def __init__(self, denoiser, cfg: ClassifierFreeGuidance):
         self.denoiser, self.cfg = denoiser, cfg
+
+    @property
+    def evaluations_per_sample(self) -> int:
+        """Network evaluations per sample of one call: 2 (uncond + cond), 1 when w is 0 or 1."""
+        return 1 if self.cfg.w in (0.0, 1.0) else 2
 
     def __getattr__(self, name):
         if name in ("denoiser", "cfg"):

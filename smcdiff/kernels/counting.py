@@ -17,7 +17,8 @@ __all__ = ["CallCounter"]
 
 
 class CallCounter:
-    """Wraps a callable ``f(x, ...)`` and counts the samples it evaluates (``x.shape[0]`` per call).
+    """Wraps a callable ``f(x, ...)`` and counts the samples it evaluates (``x.shape[0]`` per call,
+    times ``f.evaluations_per_sample`` when the callable declares it, e.g. 2 for a CFG-wrapped network).
 
     Attributes of the wrapped callable (``round_sigma``, ``sigma_min``, ...) stay reachable.
     """
@@ -29,7 +30,9 @@ class CallCounter:
         self.count = 0
 
     def __call__(self, x, *args, **kwargs):
-        self.count += int(x.shape[0])
+        # a wrapped denoiser that runs the network more than once per sample (CFG: uncond + cond)
+        # says so with ``evaluations_per_sample``
+        self.count += int(x.shape[0]) * int(getattr(self.fn, "evaluations_per_sample", 1))
         return self.fn(x, *args, **kwargs)
 
     def __getattr__(self, name):

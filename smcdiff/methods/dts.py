@@ -178,6 +178,6 @@ def dts(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
         x=out, log_weights=log_w_out, log_evidence=log_z, ess=one(ess_of(log_w)),
         resampled=torch.zeros(1, T, dtype=torch.bool), ancestors=one(torch.arange(I).expand(T, I)),
         log_evidence_increments=one(log_z), particles=particles, selected=selected, potential=scores,
-        sigmas=sigmas, nfe=net.count / T, nfe_total=net.count, disc_calls=R.count / T,
+        sigmas=sigmas[[0, -1]], nfe=net.count / T, nfe_total=net.count, disc_calls=R.count / T,
         diagnostics={"num_nodes": size, "leaves": found.sum(1), "selection": selection},
     )

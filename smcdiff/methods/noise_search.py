@@ -43,7 +43,7 @@ from smcdiff.kernels import EDMHeun, EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.methods.base import check_callable, check_count, validate_common
 from smcdiff.resampling import ess as ess_of
-from smcdiff.results import Result
+from smcdiff.results import Result, choose_final
 from smcdiff.sampling import sample
 from smcdiff.weights.steering import RewardTwist, TwistPotential
 
@@ -93,8 +93,9 @@ def noise_search(denoiser, sigmas, *, reward, num_samples: int, shape, generator
                  interval: int | None = None, kernel=None) -> Result:
     """Random, zero-order or path search (see the module doc); ``num_particles`` candidates per round
     (paths: kept per checkpoint). Returns ``x : (num_samples, *shape)`` the best found,
-    ``particles``/``log_weights`` the last candidates and their rewards, ``diagnostics["best"] :
-    (rounds, num_samples)`` the best reward so far after each round."""
+    ``particles``/``log_weights`` every candidate scored (paths: the final trajectories) and its
+    reward, ``selected`` the best one's index, ``diagnostics["best"] : (rounds, num_samples)`` the
+    best reward so far after each round."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
     G, K, rounds = num_samples, check_count("num_particles", num_particles), check_count("rounds", rounds)
     if mode not in MODES:
@@ -102,33 +103,36 @@ def noise_search(denoiser, sigmas, *, reward, num_samples: int, shape, generator
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     R = CallCounter(check_callable("reward", reward, "reward(x0, **cond) -> (N,)"))
-    rows, trace = torch.arange(G), []
+    trace, seen, scored = [], [], []
     if mode == "paths":
         interval = check_count("interval", interval or max(1, (len(sigmas) - 1) // 4))
         x, scores, nfe = _paths(denoiser, sigmas, kernel or EulerMaruyama(), R, G, K, check_count("branch", branch),
                                 interval, shape, generator)
-        best_x, best_r = x[rows, scores.argmax(1)], scores.max(1).values
-        trace.append(best_r)
+        seen, scored = [x], [scores]
+        trace.append(scores.max(1).values)
     else:
-        kernel, nfe = kernel or EDMHeun(), 0
+        kernel, nfe, rows = kernel or EDMHeun(), 0, torch.arange(G)
         pivot, pivot_r = _rng.randn((G,) + shape, generator), torch.full((G,), -math.inf, dtype=torch.float64)
-        best_x, best_r = torch.zeros((G,) + shape, dtype=torch.float64), pivot_r.clone()
         for _ in range(rounds):
             # Candidates: fresh noises (random) or the pivot's neighbours (zero-order).
             z = _rng.randn((G, K) + shape, generator) if mode == "random" else neighbours(pivot, K, threshold, generator)
             x, scores, calls = _scored(denoiser, sigmas, kernel, R, z, generator)
             nfe += calls
-            top = scores.argmax(1)
-            better = scores[rows, top] > best_r
-            best_x[better], best_r = x[rows, top][better], torch.maximum(best_r, scores[rows, top])
+            seen.append(x)
+            scored.append(scores)
+            trace.append(torch.cat(scored, 1).max(1).values)
             # Zero-order: move the pivot on improvement, else start again from a fresh noise.
+            top = scores.argmax(1)
             improved = scores[rows, top] > pivot_r
             fresh = _rng.randn((G,) + shape, generator)
             pivot = torch.where(improved.reshape((G,) + (1,) * len(shape)), z[rows, top], fresh)
             pivot_r = torch.where(improved, scores[rows, top], -math.inf)
-            trace.append(best_r.clone())
-    return Result(x=best_x, log_weights=scores, log_evidence=torch.full((G,), math.nan, dtype=torch.float64),
+    # Every candidate evaluated, its reward, and the best one.
+    particles, scores = torch.cat(seen, 1), torch.cat(scored, 1)
+    n = scores.shape[1]
+    x, _, best = choose_final("argmax", particles, scores, scores, generator)
+    return Result(x=x, log_weights=scores, log_evidence=torch.full((G,), math.nan, dtype=torch.float64),
                   ess=ess_of(scores)[None], resampled=torch.zeros(1, G, dtype=torch.bool),
-                  ancestors=torch.arange(scores.shape[1]).expand(1, G, -1), log_evidence_increments=torch.zeros(1, G),
-                  particles=x, potential=scores, sigmas=sigmas, nfe=nfe / G, nfe_total=nfe, disc_calls=R.count / G,
-                  diagnostics={"best": torch.stack(trace), "mode": mode})
+                  ancestors=torch.arange(n).expand(1, G, n), log_evidence_increments=torch.zeros(1, G, dtype=torch.float64),
+                  particles=particles, selected=best, potential=scores, sigmas=sigmas[[0, -1]], nfe=nfe / G,
+                  nfe_total=nfe, disc_calls=R.count / G, diagnostics={"best": torch.stack(trace), "mode": mode})

@@ -115,3 +115,21 @@ def test_bad_options():
         call(noise_search, mode="beam")
     with pytest.raises(ValueError, match="threshold"):
         call(noise_search, mode="zero_order", threshold=1.0)
+
+
+@pytest.mark.parametrize("method, params", [
+    (fk_steering, {"potential": "max", "final": "argmax"}), (tds, {}), (das, {}), (fkc, {}), (dts, {}),
+    (noise_search, {"mode": "zero_order"}), (noise_search, {"mode": "paths"}),
+])
+def test_results_export_plot_and_summarise(method, params, tmp_path):
+    import arviz as az
+
+    from smcdiff.diagnostics import plot, summary
+
+    res = call(method, seed=5, num_samples=3, num_particles=4, **params)
+    res.to_arviz().to_netcdf(str(tmp_path / "r.nc"))
+    back = az.from_netcdf(str(tmp_path / "r.nc"))
+    assert back.posterior["x"].shape[:2] == tuple(res.particles.shape[:2])
+    assert back.smc_diagnostics["ess"].shape == tuple(res.ess.shape)
+    plot(res, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000 and "groups" in summary(res)

@@ -366,3 +366,23 @@ def test_generate_pipeline_is_dispatched(tmp_path, capsys, monkeypatch):
 ], ids=["missing-folder", "both", "t2i-method-without-pipeline", "neither"])
 def test_generate_pipeline_errors(argv, pattern, tmp_path, capsys):
     assert_user_error(*run(["generate", "--outdir", str(tmp_path), "--device", "cpu", *argv], capsys)[:2], pattern)
+
+
+def test_reproduce_tables_smoke_is_small_by_default(monkeypatch, tmp_path, capsys):
+    # Run as its docstring shows (`reproduce_tables.py cifar10 --smoke`): before, it started on
+    # 50,000 seeds in ./runs; now 4 seeds into a temporary folder.
+    import importlib
+    import importlib.util
+
+    fid_module = importlib.import_module("smcdiff.metrics.fid")  # smcdiff.metrics.fid is also a function
+    spec = importlib.util.spec_from_file_location("reproduce_tables", REPO / "examples" / "reproduce_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert "reproduce_tables.py cifar10 --smoke\n" in mod.__doc__
+    calls = []
+    monkeypatch.setattr(mod, "generate", lambda net, seeds, outdir, **kw: calls.append((list(seeds), Path(outdir), kw)))
+    monkeypatch.setattr(fid_module, "fid", lambda *a, **k: 0.0)
+    monkeypatch.chdir(tmp_path)
+    assert mod.main(["cifar10", "--smoke"]) == 0
+    assert len(calls) == 4 and all(seeds == [0, 1, 2, 3] and kw["batch"] == 4 for seeds, _, kw in calls)
+    assert not (tmp_path / "runs").exists() and all(not out.is_relative_to(tmp_path) for _, out, _ in calls)

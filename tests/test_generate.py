@@ -128,3 +128,10 @@ def test_torchrun_two_processes_split_the_seeds(tmp_path):
     assert ranks[0] == ["000000", "000001", "000004", "000005", "000008", "000009"]
     # only rank 0 prints
     assert proc.stdout.count("smcdiff generate:") == 1
+
+
+def test_a_net_without_an_image_shape_is_refused(tmp_path):
+    net = torch.nn.Identity()
+    with pytest.raises(ValueError, match="square images: img_channels and img_resolution"):
+        generate(net, [0], tmp_path / "x", steps=2)
+    assert not (tmp_path / "x").exists()

@@ -145,7 +145,7 @@ def test_fk_steering_through_the_app_with_a_scaled_reward(folder, tmp_path, monk
     """A registered reward method (FK steering, registered here for the test) gets the decoded reward
     times --reward-scale; NFE counts both CFG halves; reward calls = K × evaluation steps."""
     from smcdiff.methods import registry
-    from smcdiff.methods.fk_steering import fk_steering
+    from smcdiff.methods.reward_steering import fk_steering
 
     spec = registry.MethodSpec("fk-test", fk_steering, "FK steering", "reward", particles=True)
     monkeypatch.setitem(registry.METHODS, "fk-test", spec)

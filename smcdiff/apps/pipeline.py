@@ -46,8 +46,7 @@ from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas, karras_sigmas
 from smcdiff.methods import registry
-from smcdiff.methods.registry import CHURN, MethodSpec, Param
-from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
+from smcdiff.methods.registry import MethodSpec
 
 __all__ = [
     "TEXT_TO_IMAGE_METHODS",
@@ -67,31 +66,13 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
-_T2I = (Param("num_particles", int, "particles per prompt and seed (K; paper 10)", "--particles"),
-        Param("sampler", str, "text-to-image PF base sampler: restart (paper) or edm"),
-        Param("select", str, "PF final pick: argmax (paper) or weighted"),
-        Param("prior", float, "object prior pi of the caption term (paper 0.2)"),
-        Param("resample_at", _ints, "PF resampling steps with sampler=edm, e.g. 10,13,16,19"))
-#: The text-to-image methods (``needs``: what must be loaded, joined by "+").
-TEXT_TO_IMAGE_METHODS = {spec.name: spec for spec in (
-    MethodSpec("pf-hybrid", pf_hybrid, "text-to-image PF: detector + latent discriminator (Liu et al. 2024)",
-               "detector+log_ratio", CHURN + _T2I, particles=True),
-    MethodSpec("pf-detector", pf_detector, "text-to-image PF weighted by the object detector alone", "detector",
-               CHURN + _T2I, particles=True),
-    MethodSpec("pf-discriminator", pf_discriminator, "text-to-image PF weighted by a prompt-conditioned latent "
-               "discriminator", "log_ratio", CHURN + _T2I, particles=True),
-    MethodSpec("object-select", object_select, "best of K by the detector's object log-probability (baseline)",
-               "detector", CHURN + _T2I[:2], particles=True),
-)}
+#: The text-to-image methods of the registry (kept for code that reads this name).
+TEXT_TO_IMAGE_METHODS = {name: spec for name, spec in registry.METHODS.items() if spec.pipeline_only}
 
 
 def method_spec(name: str) -> MethodSpec:
-    """The registered method ``name``, else the text-to-image one, else a ``ValueError`` listing both."""
-    if name in registry.METHODS:
-        return registry.METHODS[name]
-    if name in TEXT_TO_IMAGE_METHODS:
-        return TEXT_TO_IMAGE_METHODS[name]
-    raise ValueError(f"unknown method {name!r}; expected one of {sorted({*registry.METHODS, *TEXT_TO_IMAGE_METHODS})}")
+    """The registered method ``name`` (:func:`smcdiff.methods.registry.method`)."""
+    return registry.method(name)
 
 
 def read_prompts(prompt: str | Sequence[str] | None = None, prompts_file=None) -> list[str]:

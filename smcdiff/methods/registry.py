@@ -19,10 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smcdiff.methods.discriminator_guidance import dg, sedm
+from smcdiff.methods.fk_correctors import fkc
 from smcdiff.methods.particle_filtering import particle_filter
 from smcdiff.methods.rejection_sampling import diffrs
 from smcdiff.methods.restart_sampling import restart_sampler
+from smcdiff.methods.reward_steering import fk_steering
+from smcdiff.methods.search_over_noise import noise_search
 from smcdiff.methods.selection import best_of_n, discriminator_select
+from smcdiff.methods.tempered_smc import das
+from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
+from smcdiff.methods.tree_search import dts
+from smcdiff.methods.twisted_smc import tds
 
 __all__ = ["Param", "MethodSpec", "METHODS", "method", "register", "method_params"]
 
@@ -58,6 +65,12 @@ _DG = (Param("w1", float, "DG weight on the Euler evaluation (dg: 2.0, sedm: 1.6
        Param("eps_scaler", float, "epsilon scaling b (sedm: 1.004)"),
        Param("boosting", bool, "DG boosting (dg/sedm)"))
 _PARTICLES = (Param("num_particles", int, "particles per seed (K)", "--particles"),)
+_STEER = (Param("ess_threshold", float, "resample where ESS < threshold * K (steering methods)"),
+          Param("scheme", str, "resampling scheme (steering methods)"))
+_T2I = (Param("sampler", str, "text-to-image PF base sampler: restart (paper) or edm"),
+        Param("select", str, "PF final pick: argmax (paper) or weighted"),
+        Param("prior", float, "object prior pi of the caption term (paper 0.2)"),
+        Param("resample_at", _ints, "PF resampling steps with sampler=edm, e.g. 10,13,16,19"))
 _PF = (Param("resample_at", _ints, "PF resampling steps, e.g. 15,19,23,27"),
        Param("sampler", str, "PF base sampler: edm or restart"),
        Param("select", str, "PF final pick: argmax or weighted"))
@@ -65,10 +78,12 @@ _PF = (Param("resample_at", _ints, "PF resampling steps, e.g. 15,19,23,27"),
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method: ``fn`` with the calling convention; ``needs`` "log_ratio", "reward", "score" or
-    None; ``particles`` whether ``x_init``/``cond`` carry a particle axis ``(num_samples, K, ...)``;
-    ``fixed`` keywords always passed (e.g. "edm" is ``dg`` without a discriminator); ``one_generator``
-    for methods that take a single generator (DiffRS's continuous batching)."""
+    """One method: ``fn`` with the calling convention; ``needs`` what must be loaded besides the
+    denoiser — "log_ratio", "reward", "score", "detector" (joined by "+") or None; ``particles``
+    whether ``x_init``/``cond`` carry a particle axis ``(num_samples, K, ...)``; ``fixed`` keywords
+    always passed (e.g. "edm" is ``dg`` without a discriminator); ``one_generator`` for methods that
+    take a single generator (DiffRS's continuous batching); ``pipeline_only`` for the text-to-image
+    methods (a latent model with prompts: ``smcdiff generate --pipeline``)."""
 
     name: str
     fn: Callable
@@ -78,6 +93,12 @@ class MethodSpec:
     particles: bool = False
     fixed: dict = field(default_factory=dict)
     one_generator: bool = False
+    pipeline_only: bool = False
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """What ``needs`` lists, one name each (``"detector+log_ratio"`` → both)."""
+        return tuple(self.needs.split("+")) if self.needs else ()
 
     def __call__(self, denoiser, sigmas, **kwargs):
         return self.fn(denoiser, sigmas, **{**kwargs, **self.fixed})
@@ -122,5 +143,28 @@ for _spec in (
                "log_ratio", CHURN + _PARTICLES, particles=True),
     MethodSpec("best-of-n", best_of_n, "best of K by a score (a verifier of the final sample)", "score",
                CHURN + _PARTICLES, particles=True),
+    # steering toward p(x0)·exp(reward(x0)) (docs/steering.md)
+    MethodSpec("fk-steering", fk_steering, "Feynman–Kac steering by a reward (Singhal et al. 2025)", "reward",
+               _PARTICLES + _STEER + (Param("potential", str, "FK potential: diff, max, sum or rt"),
+                                      Param("interval", int, "resample every this many steps")), particles=True),
+    MethodSpec("tds", tds, "twisted diffusion sampler (Wu et al. 2023)", "reward", _PARTICLES + _STEER, particles=True),
+    MethodSpec("das", das, "tempered SMC toward the tilted target (DAS, Kim et al. 2025)", "reward",
+               _PARTICLES + _STEER, particles=True),
+    MethodSpec("fkc", fkc, "Feynman–Kac correctors (Skreta et al. 2025)", "reward", _PARTICLES + _STEER,
+               particles=True),
+    MethodSpec("dts", dts, "diffusion tree sampling (Jain et al. 2025)", "reward", _PARTICLES, particles=True),
+    MethodSpec("dts*", dts, "diffusion tree search, greedy (DTS*; biased toward the reward's mode)", "reward",
+               _PARTICLES, particles=True, fixed={"selection": "greedy"}),
+    MethodSpec("noise-search", noise_search, "search over initial noises (Ma et al. 2025)", "reward",
+               _PARTICLES + (Param("mode", str, "random, zero-order or paths"),)),
+    # text to image (docs/text_to_image.md): latent models with prompts
+    MethodSpec("pf-hybrid", pf_hybrid, "text-to-image PF: detector + latent discriminator (Liu et al. 2024)",
+               "detector+log_ratio", CHURN + _PARTICLES + _T2I, particles=True, pipeline_only=True),
+    MethodSpec("pf-detector", pf_detector, "text-to-image PF weighted by the object detector alone", "detector",
+               CHURN + _PARTICLES + _T2I, particles=True, pipeline_only=True),
+    MethodSpec("pf-discriminator", pf_discriminator, "text-to-image PF weighted by a prompt-conditioned latent "
+               "discriminator", "log_ratio", CHURN + _PARTICLES + _T2I, particles=True, pipeline_only=True),
+    MethodSpec("object-select", object_select, "best of K by the detector's object log-probability (baseline)",
+               "detector", CHURN + _PARTICLES + _T2I[:1], particles=True, pipeline_only=True),
 ):
     register(_spec)

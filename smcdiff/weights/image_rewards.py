@@ -4,7 +4,7 @@ An *image reward* is any callable ``reward(images, **cond) -> (N,)`` on images `
 in [0, 1] (float), returning one finite float64 value per image (larger is better). On a latent
 model the images are the decoded x̂0: wrap the reward with
 :class:`smcdiff.models.latent.Decoded` (``model.decoded(reward)``) and it becomes a reward on
-latents, ``r(x0_hat, **cond)``, which :func:`smcdiff.methods.fk_steering.fk_steering`,
+latents, ``r(x0_hat, **cond)``, which :func:`smcdiff.methods.reward_steering.fk_steering`,
 :class:`~smcdiff.weights.RewardPotential` and ``best_of_n(score=...)`` take as they are. The
 decode happens only where the reward is evaluated (FK steering's evaluation steps).
 

@@ -11,7 +11,7 @@ from scipy.integrate import quad
 
 from smcdiff.kernels import EulerMaruyama, Guided, karras_sigmas
 from smcdiff.kernels.cfg import ClassifierFreeGuidance
-from smcdiff.methods.fk_steering import evaluation_steps, fk_steering
+from smcdiff.methods.reward_steering import evaluation_steps, fk_steering
 from smcdiff.models import GaussianMixture
 from smcdiff.models.latent import Decoded
 from smcdiff.weights.image_rewards import ColorReward

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from smcdiff.kernels import karras_sigmas
-from smcdiff.methods.das import das
-from smcdiff.methods.dts import dts
-from smcdiff.methods.fk_steering import fk_steering
-from smcdiff.methods.fkc import fkc
-from smcdiff.methods.tds import tds
+from smcdiff.methods.tempered_smc import das
+from smcdiff.methods.tree_search import dts
+from smcdiff.methods.reward_steering import fk_steering
+from smcdiff.methods.fk_correctors import fkc
+from smcdiff.methods.twisted_smc import tds
 from smcdiff.models.tilted import (
     component_weights,
     example_2d,

@@ -8,12 +8,12 @@ import torch
 
 from smcdiff.kernels import EDMEuler, karras_sigmas
 from smcdiff.methods import best_of_n
-from smcdiff.methods.das import das
-from smcdiff.methods.dts import dts
-from smcdiff.methods.fk_steering import evaluation_steps, fk_steering, lineage_sum
-from smcdiff.methods.fkc import fkc
-from smcdiff.methods.noise_search import neighbours, noise_search
-from smcdiff.methods.tds import tds
+from smcdiff.methods.tempered_smc import das
+from smcdiff.methods.tree_search import dts
+from smcdiff.methods.reward_steering import evaluation_steps, fk_steering, lineage_sum
+from smcdiff.methods.fk_correctors import fkc
+from smcdiff.methods.search_over_noise import neighbours, noise_search
+from smcdiff.methods.twisted_smc import tds
 from smcdiff.models.tilted import example_2d
 
 TILT = example_2d("linear")  # r = 1.5·bᵀx: E_π[r] = 1.5·bᵀ mean_π in closed form

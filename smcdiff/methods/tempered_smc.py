@@ -1,7 +1,7 @@
 """DAS — Diffusion Alignment as Sampling (Kim, Kim, Park, ICLR 2025): tempered twisted SMC.
 
 **Target.** ``π(x0) ∝ p(x0)·exp r(x0)`` — DAS writes ``exp(r/α)``; fold ``1/α`` (its ``kl_coeff``)
-into ``reward``. **How.** TDS's twisted particle filter (:mod:`smcdiff.methods.tds`) with a
+into ``reward``. **How.** TDS's twisted particle filter (:mod:`smcdiff.methods.twisted_smc`) with a
 *tempered* twist ``φ_σ = γ_σ·r(x̂0)``: the intermediate targets are ``p_σ(x)·exp(γ_σ r(x̂0))`` with
 ``γ`` rising from 0 at the start to 1 (DAS's exponential schedule ``γ_i = min((1 + g)^i − 1, 1)``,
 ``g = growth``, rescaled so that γ reaches 1 at 87 % of the steps, as at DAS's 100-step default;
@@ -33,7 +33,7 @@ from __future__ import annotations
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.methods.base import check_callable
-from smcdiff.methods.tds import twisted_smc
+from smcdiff.methods.twisted_smc import twisted_smc
 from smcdiff.results import Result
 from smcdiff.weights.steering import TemperedReward, das_gammas
 

@@ -13,7 +13,7 @@ when the ESS falls below ``ess_threshold·K``).
 
 A sharp reward read on a blurred x̂0 over-states its confidence at high σ; TDS then inflates the
 likelihood's variance (pass such a ``twist(x0_hat, sigma, **cond)``; it must equal the reward at
-σ = 0), and DAS (:mod:`smcdiff.methods.das`) tempers it.
+σ = 0), and DAS (:mod:`smcdiff.methods.tempered_smc`) tempers it.
 
 **Output.** Weighted ``particles``, ``log_evidence`` (log Ẑ), ``x`` by ``final`` ("weighted" draw —
 consistent; "argmax" — the best reward, biased; "resample"; "all"). **Cost.** Per particle and

@@ -91,8 +91,7 @@ def no_sampling(monkeypatch):
         monkeypatch.setattr(module, name, sampled)
 
 
-import smcdiff.models.pretrained  # noqa: E402  (patched by no_sampling)
-
+import smcdiff.models.pretrained
 
 # --- output paths: refused before any sampling -------------------------------------------------
 
@@ -313,15 +312,15 @@ def test_demo_infinite_churn(capsys, no_sampling):
 def smcdiff(*argv, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "smcdiff.apps.cli", *argv], env=env, cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_a_process_exits_2_with_one_line(tmp_path):
     # A library error (ValueError) and an option error (UsageError, before: exit 1) in real processes.
     proc = smcdiff("generate", "--network", str(tmp_path / "none.pkl"), "--outdir", str(tmp_path / "o"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: --network {tmp_path / 'none.pkl'}: no such file (smcdiff never downloads; pass a local file or one "
-        "of ['digits'])"]
+        (f"error: --network {tmp_path / 'none.pkl'}: no such file (smcdiff never downloads; pass a local file or one "
+         "of ['digits'])")]
     proc = smcdiff("train", "digits-models", "--out", str(tmp_path / "m"), "--steps", "50")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: digits-models takes its settings from --recipe")
@@ -335,7 +334,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_reproduce_tables_unknown_row_exits_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "reproduce_tables.py"), "cifar10", "--smoke",
-                           "--rows", "bogus"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "--rows", "bogus"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unknown rows ['bogus']")
 
 
@@ -351,7 +350,7 @@ def test_generate_pipeline_is_dispatched(tmp_path, capsys, monkeypatch):
         return [tmp_path / "000000.png"]
 
     monkeypatch.setattr(smcdiff.apps.pipeline, "generate_from_pipeline", fake)
-    code, err, out = run(["generate", "--pipeline", "sd", "--prompt", "a cat", "--outdir", str(tmp_path), "--seeds",
+    code, err, _ = run(["generate", "--pipeline", "sd", "--prompt", "a cat", "--outdir", str(tmp_path), "--seeds",
                           "0-3", "--method", "pf-hybrid", "--particles", "10", "--cfg", "7.5", "--device", "cpu"], capsys)
     assert code == 0, err
     assert (seen["pipeline_dir"], seen["prompts"], seen["method"], seen["method_params"], seen["seeds"]) == \

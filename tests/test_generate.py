@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from smcdiff.apps.generate import generate, image_path, parse_seeds, rank_batches, to_uint8
+from smcdiff.apps.generate import (
+    generate,
+    image_path,
+    parse_seeds,
+    rank_batches,
+    to_uint8,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from smcdiff.apps.cli import main
 from smcdiff.apps.generate import generate
+from tests.paths import FIXTURES
 
-from tests.paths import FIXTURES  # noqa: E402
 KWARGS = dict(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=16,
               channel_mult=[1, 2], num_blocks=1, attn_resolutions=[16], dropout=0.0)
 

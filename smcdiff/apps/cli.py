@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from smcdiff.apps.options import Parser, UsageError, check_output_file, check_output_folder, figure_suffixes
+from smcdiff.apps.options import (
+    Parser,
+    UsageError,
+    check_output_file,
+    check_output_folder,
+    figure_suffixes,
+)
 from smcdiff.apps.options import command as _command
 from smcdiff.apps.options import non_negative as _non_negative
 from smcdiff.apps.options import positive_int as _positive_int
 from smcdiff.apps.options import unit_interval as _unit_interval
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _DEMO_EPILOG = """\
 what it does:
@@ -130,7 +136,11 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from smcdiff.apps.train import train_classifier_on, train_denoiser_on, train_discriminator_on
+    from smcdiff.apps.train import (
+        train_classifier_on,
+        train_denoiser_on,
+        train_discriminator_on,
+    )
 
     progress = not args.no_progress
     if args.what == "digits-models":
@@ -141,9 +151,9 @@ def _run_train(args) -> int:
         if ignored:
             raise UsageError(f"error: digits-models takes its settings from --recipe, not {', '.join(ignored)} "
                              f"(e.g. --recipe '{{\"denoiser\": {{\"steps\": 6000}}}}')")
-        from smcdiff.apps.train import train_digits_models
-
         import json
+
+        from smcdiff.apps.train import train_digits_models
 
         try:
             recipe = json.loads(args.recipe) if args.recipe else None
@@ -245,8 +255,15 @@ def _run_table(args) -> int:
 
     import torch
 
-    from smcdiff.apps.table import (TableConfig, check_results_folder, format_markdown, read_results, run_table, summarize,
-                               write_results)
+    from smcdiff.apps.table import (
+        TableConfig,
+        check_results_folder,
+        format_markdown,
+        read_results,
+        run_table,
+        summarize,
+        write_results,
+    )
 
     _check_table_out(args.out, check_results_folder)
     if args.from_json:

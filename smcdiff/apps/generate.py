@@ -61,11 +61,25 @@ from smcdiff.checks import check_real
 from smcdiff.kernels.schedules import karras_sigmas
 from smcdiff.methods import registry
 
-__all__ = ["METHODS", "SETTINGS_FILE", "MAX_SEEDS", "GeneratedImages", "parse_seeds", "rank_batches", "generate",
-           "to_uint8", "image_path", "image_shape", "dist_info", "run_settings", "image_ok"]
+__all__ = [
+    "MAX_SEEDS",
+    "METHODS",
+    "SETTINGS_FILE",
+    "GeneratedImages",
+    "dist_info",
+    "generate",
+    "image_ok",
+    "image_path",
+    "image_shape",
+    "parse_seeds",
+    "rank_batches",
+    "run_settings",
+    "to_uint8",
+]
 
 #: ``--method`` names: the registered methods that need nothing but a discriminator (no Python callable).
-METHODS = tuple(name for name, spec in registry.METHODS.items() if spec.needs in (None, "log_ratio"))
+METHODS = tuple(name for name, spec in registry.METHODS.items()
+                if spec.needs in (None, "log_ratio") and not spec.pipeline_only)
 #: The file beside the images that records how they were made.
 SETTINGS_FILE = "generate-settings.json"
 #: The most seeds one call takes (a typo like ``0-99999999999`` is refused instead of filling memory).
@@ -104,15 +118,11 @@ def parse_seeds(text: str) -> list[int]:
         if total > MAX_SEEDS:
             raise ValueError(f"too many seeds in {text!r}: at most {MAX_SEEDS:,} per run")
         parts.append(range(lo, hi + 1))
-    out = [s for r in parts for s in r]
-    if len(set(out)) != len(out):
-        seen, dup = set(), None
-        for s in out:
-            if s in seen:
-                dup = s
-                break
-            seen.add(s)
-        raise ValueError(f"seed {dup} is listed twice in {text!r}")
+    out, seen = [s for r in parts for s in r], set()
+    for s in out:
+        if s in seen:
+            raise ValueError(f"seed {s} is listed twice in {text!r}")
+        seen.add(s)
     return out
 
 
@@ -126,7 +136,7 @@ def rank_batches(seeds: Sequence[int], batch: int, rank: int = 0, world: int = 1
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) from the torchrun environment, (0, 1) outside it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -19,7 +19,7 @@ from smcdiff.apps.options import check_output_folder
 from smcdiff.apps.options import positive_int as _positive_int
 from smcdiff.methods import registry
 
-__all__ = ["add_generate_parser", "run_generate", "load_network", "load_discriminator", "SHORTCUTS"]
+__all__ = ["SHORTCUTS", "add_generate_parser", "load_discriminator", "load_network", "run_generate"]
 
 _GEN_EPILOG = """\
 conventions (EDM's): one PNG per seed ({seed:06d}.png, in {seed//1000*1000:06d}/ with --subdirs); each
@@ -49,9 +49,13 @@ SHORTCUTS = {"digits": ("denoiser.pt", "discriminator.pt")}
 def add_generate_parser(sub, command) -> None:
     """Add ``smcdiff generate`` to the subparsers ``sub`` (``command`` makes a subcommand parser)."""
     from smcdiff.apps.generate import METHODS
-    from smcdiff.apps.pipeline import TEXT_TO_IMAGE_METHODS, add_pipeline_options, method_spec
+    from smcdiff.apps.pipeline import (
+        TEXT_TO_IMAGE_METHODS,
+        add_pipeline_options,
+        method_spec,
+    )
 
-    names = (*METHODS, *(n for n in (*registry.METHODS, *TEXT_TO_IMAGE_METHODS) if n not in METHODS))
+    names = tuple(dict.fromkeys((*METHODS, *registry.METHODS, *TEXT_TO_IMAGE_METHODS)))  # generate's own first
 
     g = command(
         sub, "generate",

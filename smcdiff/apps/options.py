@@ -20,8 +20,17 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["Parser", "UsageError", "positive_int", "unit_interval", "non_negative", "command", "check_output_folder",
-           "check_output_file", "figure_suffixes"]
+__all__ = [
+    "Parser",
+    "UsageError",
+    "check_output_file",
+    "check_output_folder",
+    "command",
+    "figure_suffixes",
+    "non_negative",
+    "positive_int",
+    "unit_interval",
+]
 
 class UsageError(SystemExit):
     """A user error of the command line: ``str(err)`` is the ``error: ...`` line, the exit code is 2.

@@ -140,8 +140,9 @@ class DiffusionModel:
             kernel_lw = out.log_weight.to(torch.float64).reshape(G, K)
         new["log_weight"] = kernel_lw
         # Record non-finite values per particle (checked by the engine, no host read here).
-        bits = ((~torch.isfinite(out.x0_hat.reshape(N, -1)).all(1)).to(torch.uint8)
-                | ((~torch.isfinite(out.x.reshape(N, -1)).all(1)).to(torch.uint8) << 1)
+        # (a row sum is non-finite iff some entry is — up to overflow past 1e308 — and is one cheap pass)
+        bits = ((~torch.isfinite(out.x0_hat.reshape(N, -1).sum(1))).to(torch.uint8)
+                | ((~torch.isfinite(out.x.reshape(N, -1).sum(1))).to(torch.uint8) << 1)
                 | (torch.isnan(kernel_lw.reshape(N)).to(torch.uint8) << 2)).reshape(G, K)
         if guidance_fault is not None:
             bits = bits | (guidance_fault.reshape(G, K).to(torch.uint8) << 3)

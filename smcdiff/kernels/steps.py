@@ -90,19 +90,22 @@ def heun_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, cond=None, den
     :func:`smcdiff.methods.rejection_sampling.heun_step_per_slot`.
     """
     # Euler step.
-    out = euler_step(denoiser, x, t_cur, t_next, cond)
+    x0 = denoise(denoiser, x, t_cur, cond)
+    d = (x - x0) / per_sample(t_cur, x)
+    h = per_sample(t_next - t_cur, x)
+    x_next = x + h * d
+    nfe = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
     if correct is None:
         correct = bool((t_next > 0).all())
         if not correct and bool((t_next > 0).any()):
             raise ValueError("heun_step takes a batch that shares its step; for samples at different steps (some "
                              "going to sigma = 0) use smcdiff.methods.rejection_sampling.heun_step_per_slot")
     if not correct:
-        return out
+        return StepOutput(x_next, x0, nfe)
     # Apply 2nd order correction.
-    x0_2 = denoise(denoiser2 or denoiser, out.x, t_next, cond)
-    d = (x - out.x0_hat) / per_sample(t_cur, x)
-    d2 = (out.x - x0_2) / per_sample(t_next, x)
-    return StepOutput(x + per_sample(t_next - t_cur, x) * (0.5 * d + 0.5 * d2), x0_2, out.nfe + 1)
+    x0_2 = denoise(denoiser2 or denoiser, x_next, t_next, cond)
+    d2 = (x_next - x0_2) / per_sample(t_next, x)
+    return StepOutput(x + h * (0.5 * d + 0.5 * d2), x0_2, nfe + 1)
 
 
 def edm_step(denoiser, x: Tensor, t_cur: Tensor, t_next: Tensor, *, gamma, S_noise, noise: Tensor,

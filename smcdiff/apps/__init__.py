@@ -5,5 +5,8 @@
 * :mod:`smcdiff.apps.compare` — ``smcdiff compare``, every method on the exact mixture pair;
 * :mod:`smcdiff.apps.table` — ``smcdiff table``, the digits table;
 * :mod:`smcdiff.apps.train` — ``smcdiff train``, the small networks;
-* :mod:`smcdiff.apps.generate` — ``smcdiff generate``, images with EDM's conventions.
+* :mod:`smcdiff.apps.generate` — ``smcdiff generate``, images with EDM's conventions (and
+  :mod:`smcdiff.apps.pipeline`, ``--pipeline``: a local diffusers folder with prompts);
+* :mod:`smcdiff.apps.steer` — ``smcdiff steer``, the steering benchmarks;
+* :mod:`smcdiff.apps.density_cli` — ``smcdiff likelihood`` and ``smcdiff classify``.
 """

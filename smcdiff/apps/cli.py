@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_likelihood_parser(sub)
     add_classify_parser(sub)
+    from smcdiff.apps.steer import add_steer_parser
+
+    add_steer_parser(sub, _command)
     return parser
 
 

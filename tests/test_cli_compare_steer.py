@@ -14,3 +14,15 @@ def test_the_log_p_column_separates_corrected_from_uncorrected_samplers():
     assert rows["edm"].mean_log_p < floor - 0.8
     assert rows["dg (w1=2)"].mean_log_p > rows["edm"].mean_log_p + 0.6
     assert "mean log p_data" in format_rows(list(rows.values()))
+
+
+def test_steer_is_a_subcommand_with_clear_errors(capsys):
+    import pytest
+
+    from smcdiff.apps.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["steer", "--help"])
+    assert info.value.code == 0 and "benchmark" in capsys.readouterr().out
+    assert main(["steer", "exact", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1, got 0"

@@ -89,3 +89,30 @@ def test_bad_option_values_are_refused_by_argparse(capsys):
         with pytest.raises(SystemExit):
             _parser().parse_args(argv)
     assert "expected" in capsys.readouterr().err
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "diffusion_classifier_digits.py"
+    spec = importlib.util.spec_from_file_location("diffusion_classifier_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_script_help(capsys):
+    with pytest.raises(SystemExit) as err:
+        _example().main(["--help"])
+    assert err.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_example_script_quick(capsys, tmp_path):
+    import json
+
+    assert _example().main(["--quick", "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["evaluations_per_image"] for r in rows] == [10, 40, 160, 152]
+    assert rows[-1]["accuracy"] >= 0.9  # measured 0.967 on these 60 images

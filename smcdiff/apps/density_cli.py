@@ -36,10 +36,12 @@ what it prints:
   included) in nats and in bits per dimension, each with its standard error over the data points (it
   includes the Hutchinson and dequantisation noise). Images are uniformly dequantised over their grid of
   --levels values in [-1, 1] (digits: 17, uint8 files: 256); bits/dim then bounds the discrete data's.
-  For mixture data under a mixture model the exact value is printed too.
+  For mixture data under a mixture model the exact value is printed too. Quote sigma_min with every number,
+  and keep it at or above the data's own noise: the shipped digits networks were trained on the 17 grid
+  values, so use --sigma-min 0.05 (above the dequantisation noise 0.036) for meaningful digits numbers.
 
 examples:
-  smcdiff likelihood                                         # shipped digits denoiser, 64 test digits
+  smcdiff likelihood --sigma-min 0.05                        # shipped digits denoiser, 64 test digits
   smcdiff likelihood --num 359 --probes 4 --batch 64         # all held-out digits, 4 Hutchinson probes
   smcdiff likelihood --estimator elbo --draws 128            # the ELBO instead of the ODE
   smcdiff likelihood --model digits-conditional              # log p(x | its label)
@@ -54,7 +56,7 @@ what it does:
   on the same (sigma, eps) draws; after each stage only the best classes are kept.
 
 examples:
-  smcdiff classify                                  # stages 32:3,128:1 (about 700 evaluations per image)
+  smcdiff classify                                  # stages 32:3,128:1: 608 evaluations per image
   smcdiff classify --stages 16:3,64:1 --num 100     # cheaper, first 100 images
   smcdiff classify --draws 256                      # no pruning: 256 draws for all 10 classes
 """

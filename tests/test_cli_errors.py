@@ -1,6 +1,6 @@
 """Bad input at the command line (issue 13): one ``error: ...`` line on stderr, exit status 2, no
 traceback, and output paths checked before anything is sampled. Each row of
-docs/reliability_part_apps.md names its test here (or in test_generate_resume.py / test_docs.py)."""
+docs/reliability.md (command-line part) names its test here (or in test_generate_resume.py / test_docs.py)."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""One test per row of docs/reliability_part_core.md: bad inputs to resampling, schedules,
+"""One test per row of docs/reliability.md (core part): bad inputs to resampling, schedules,
 potentials, metrics, loaders, small networks and data, and what each now does.
 
 Each case is ``(id, call, run, expect)``: ``run(files)`` makes the call (``files`` holds prepared

@@ -27,7 +27,7 @@ QUICK_FLAT, QUICK_ADAPTIVE = (1, 4, 16), (((8, 3), (32, 1)),)
 
 
 def _row(net, x, y, stages, sigma_dist: str, seed: int, batch: int) -> dict:
-    from smcdiff.methods.diffusion_classifier import diffusion_classifier
+    from smcdiff.methods.zero_shot_classifier import diffusion_classifier
 
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(x.shape[0])]
     start, preds, evals = time.perf_counter(), [], 0.0

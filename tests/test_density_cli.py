@@ -59,7 +59,7 @@ def test_likelihood_reads_uint8_images(tmp_path, capsys):
 
 
 def test_classify_with_a_small_conditional_network(tmp_path, capsys):
-    from smcdiff.models.conditional_digits import train_conditional_digits
+    from smcdiff.apps.train_conditional import train_conditional_digits
 
     train_conditional_digits(tmp_path, recipe={"steps": 2, "width": 8})
     weights = str(tmp_path / "conditional_denoiser.pt")

@@ -1,11 +1,11 @@
 """``smcdiff likelihood`` and ``smcdiff classify``: density estimates and the Diffusion Classifier
 from the command line (thin wrappers over :mod:`smcdiff.likelihood` and
-:mod:`smcdiff.methods.diffusion_classifier`).
+:mod:`smcdiff.methods.zero_shot_classifier`).
 
 The main ``smcdiff`` parser wires them in with :func:`add_likelihood_parser` /
 :func:`add_classify_parser` (each sets ``func`` to :func:`run_likelihood` / :func:`run_classify`,
-which return an exit code). User errors raise ``smcdiff.errors.UsageError`` where that module
-exists, else ``ValueError``, with a message saying what was expected.
+which return an exit code). User errors raise ``ValueError`` with a message saying what was
+expected (the CLI prints it as one ``error:`` line and exits 2).
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import torch
 
 from smcdiff.apps.options import positive_int
 
-try:
-    from smcdiff.errors import UsageError
-except ImportError:  # pragma: no cover - the lead's module may not exist yet
-    UsageError = ValueError
+UsageError = ValueError  # user errors: the CLI prints them as one "error:" line, exit 2
 
 __all__ = ["add_classify_parser", "add_likelihood_parser", "run_classify", "run_likelihood"]
 
@@ -287,7 +284,7 @@ def _parse_stages(text: str) -> tuple[tuple[int, int], ...]:
 def run_classify(args) -> int:
     """``smcdiff classify``: the diffusion classifier's accuracy on the held-out digits."""
     from smcdiff.data import NUM_CLASSES, load_digits
-    from smcdiff.methods.diffusion_classifier import diffusion_classifier
+    from smcdiff.methods.zero_shot_classifier import diffusion_classifier
     from smcdiff.models.conditional_digits import load_conditional_digits
 
     stages = ((args.draws, 1),) if args.draws is not None else _parse_stages(args.stages)

@@ -10,7 +10,7 @@ ELBO, and both as SMC potentials.
   denoisers.
 * :class:`DensityPotential` (:mod:`~smcdiff.likelihood.potential`) — either of them as a potential
   ``V(x, σ, x̂0, **cond) -> (N,)`` for :mod:`smcdiff.weights` / the SMC samplers.
-* The Diffusion Classifier built on the ELBO is :mod:`smcdiff.methods.diffusion_classifier`.
+* The Diffusion Classifier built on the ELBO is :mod:`smcdiff.methods.zero_shot_classifier`.
 
 The density is that of the data **smoothed to σ_min** (data ⊛ N(0, σ_min² I)), never of the clean
 data: quote σ_min with every number. Everything runs under ``torch.no_grad``, in float64, and

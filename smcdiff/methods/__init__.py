@@ -13,6 +13,8 @@ with one calling convention (see :mod:`smcdiff.methods.base`) and one result typ
 * steering toward p(x0)·exp(reward(x0)) (``docs/steering.md``): :func:`fk_steering` (FK steering),
   :func:`tds` (twisted SMC), :func:`das` (tempered SMC), :func:`fkc` (Feynman–Kac correctors),
   :func:`dts` (tree sampling / search), :func:`noise_search`
+* :func:`diffusion_classifier` — the Diffusion Classifier (Li et al. 2023): classes scored by the
+  ELBO of a conditional model (``docs/likelihood.md``)
 * text to image (``docs/text_to_image.md``): :func:`pf_hybrid`, :func:`pf_detector`,
   :func:`pf_discriminator`, :func:`object_select`
 
@@ -33,7 +35,8 @@ from smcdiff.methods.tempered_smc import das
 from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
 from smcdiff.methods.tree_search import dts
 from smcdiff.methods.twisted_smc import tds
+from smcdiff.methods.zero_shot_classifier import ClassifierResult, diffusion_classifier
 
 __all__ = ["MethodResult", "METHODS", "dg", "sedm", "diffrs", "particle_filter", "restart_sampler", "best_of_n",
            "discriminator_select", "fk_steering", "tds", "das", "fkc", "dts", "noise_search", "pf_hybrid",
-           "pf_detector", "pf_discriminator", "object_select"]
+           "pf_detector", "pf_discriminator", "object_select", "diffusion_classifier", "ClassifierResult"]

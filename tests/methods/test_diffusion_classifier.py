@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from smcdiff.methods.diffusion_classifier import diffusion_classifier
+from smcdiff.methods.zero_shot_classifier import diffusion_classifier
 from smcdiff.models import GaussianMixture
 
 # Two classes in 2-D, each a mixture (one with full covariances); they overlap near the origin.

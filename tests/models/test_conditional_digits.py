@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
+from smcdiff.apps.train_conditional import train_conditional_digits
 from smcdiff.models.conditional_digits import (
     CONDITIONAL_DIGITS_RECIPE,
     CONDITIONAL_FILES,
     ConditionalConvDenoiser,
     load_conditional_digits,
     save_conditional,
-    train_conditional_digits,
 )
 from smcdiff.models.pretrained import DIGITS_ASSETS
 
@@ -57,7 +57,7 @@ def test_clear_errors():
         net(torch.zeros(2, 8, 8), torch.ones(2), class_labels=_labels([0, 1]))
     with pytest.raises(ValueError, match="unknown recipe keys"):
         train_conditional_digits(recipe={"epochs": 3})
-    with pytest.raises(FileNotFoundError, match="python -m smcdiff.models.conditional_digits"):
+    with pytest.raises(FileNotFoundError, match="python -m smcdiff.apps.train_conditional"):
         load_conditional_digits("no/such/file.pt")
     with pytest.raises(ValueError, match="label_dim must be >= 1"):
         ConditionalConvDenoiser(label_dim=0)

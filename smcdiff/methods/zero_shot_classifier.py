@@ -28,7 +28,7 @@ priors).
 
     >>> import torch
     >>> from smcdiff.models import GaussianMixture
-    >>> from smcdiff.methods.diffusion_classifier import diffusion_classifier
+    >>> from smcdiff.methods.zero_shot_classifier import diffusion_classifier
     >>> per_class = [GaussianMixture(torch.tensor([1.0]), torch.tensor([[m, 0.0]]), torch.tensor([0.3]))
     ...              for m in (-1.0, 1.0)]
     >>> def denoiser(x, sigma, class_labels):

@@ -50,15 +50,9 @@ from smcdiff import _rng
 from smcdiff.kernels.edm import levels
 from smcdiff.kernels.steps import StepOutput, denoise, per_sample
 from smcdiff.types import Tensor
+from smcdiff.weights.values import log_values
 
 __all__ = ["ProductEulerMaruyama", "RewardEulerMaruyama", "TwistedEulerMaruyama", "twist_gradient"]
-
-
-def _check_values(value, n: int, what: str) -> Tensor:
-    if not isinstance(value, Tensor) or tuple(value.shape) != (n,):
-        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{what} must return one value per sample, shape ({n},), got {got}")
-    return value
 
 
 def twist_gradient(denoiser, twist: Callable, x: Tensor, sigma: Tensor, cond=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,7 +61,7 @@ def twist_gradient(denoiser, twist: Callable, x: Tensor, sigma: Tensor, cond=Non
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         x0 = denoise(denoiser, x_, sigma, cond)
-        value = _check_values(twist(x0, sigma, **(cond or {})), x.shape[0], "twist(x0_hat, sigma)")
+        value = log_values(twist(x0, sigma, **(cond or {})), x.shape[0], "twist(x0_hat, sigma)")
         grad = torch.autograd.grad(value.sum(), x_, allow_unused=True)[0] if value.requires_grad else None
     grad = torch.zeros_like(x) if grad is None else grad.to(torch.float64)
     return x0.detach(), value.detach().to(torch.float64), grad.detach()
@@ -196,7 +190,7 @@ class RewardEulerMaruyama:
         x0 = denoise(denoiser, x, t_cur, cond)
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
-            r = _check_values(self.reward(x_, **(cond or {})), x.shape[0], "reward(x)")
+            r = log_values(self.reward(x_, **(cond or {})), x.shape[0], "reward(x)")
             grad = torch.autograd.grad(r.sum(), x_, allow_unused=True)[0] if r.requires_grad else None
         grad = torch.zeros_like(x) if grad is None else grad.detach().to(torch.float64)
         r = r.detach().to(torch.float64)

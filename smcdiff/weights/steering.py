@@ -36,15 +36,9 @@ import torch
 
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.types import Tensor
+from smcdiff.weights.values import log_values
 
 __all__ = ["RewardTwist", "TemperedReward", "TwistPotential", "das_gammas"]
-
-
-def _values(value, n: int, what: str) -> Tensor:
-    if not isinstance(value, Tensor) or tuple(value.shape) != (n,):
-        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{what} must return one value per sample, shape ({n},), got {got}")
-    return value
 
 
 class RewardTwist:
@@ -56,7 +50,7 @@ class RewardTwist:
         self.reward = reward
 
     def __call__(self, x0_hat: Tensor, sigma: Tensor, **cond) -> Tensor:
-        return _values(self.reward(x0_hat, **cond), x0_hat.shape[0], "reward(x0)")
+        return log_values(self.reward(x0_hat, **cond), x0_hat.shape[0], "reward(x0)")
 
     def __repr__(self) -> str:
         return f"RewardTwist({self.reward!r})"
@@ -105,7 +99,7 @@ class TemperedReward:
         return self.gammas.to(sigma.device)[idx]
 
     def __call__(self, x0_hat: Tensor, sigma: Tensor, **cond) -> Tensor:
-        value = _values(self.reward(x0_hat, **cond), x0_hat.shape[0], "reward(x0)")
+        value = log_values(self.reward(x0_hat, **cond), x0_hat.shape[0], "reward(x0)")
         return self.gamma(torch.as_tensor(sigma).expand(x0_hat.shape[0])).to(value) * value
 
     def __repr__(self) -> str:
@@ -123,7 +117,7 @@ class TwistPotential:
         self.twist, self.name = twist, name
 
     def __call__(self, x: Tensor, sigma: Tensor, x0_hat: Tensor, **cond) -> Tensor:
-        return _values(self.twist(x0_hat, sigma, **cond), x0_hat.shape[0], f"twist {self.name!r}").to(torch.float64)
+        return log_values(self.twist(x0_hat, sigma, **cond), x0_hat.shape[0], f"twist {self.name!r}").to(torch.float64)
 
     def __repr__(self) -> str:
         return f"TwistPotential({self.twist!r})"

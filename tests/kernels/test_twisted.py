@@ -155,5 +155,5 @@ def test_bad_input():
     with pytest.raises(TypeError, match="expert"):
         ProductEulerMaruyama(3, 1.0, 1.0)
     bad = TwistedEulerMaruyama(lambda x0, s: x0.sum())
-    with pytest.raises(ValueError, match="one value per sample"):
+    with pytest.raises(ValueError, match="one (log-)?value per sample"):
         bad(PRIOR.denoise, torch.zeros(3, 1, dtype=F64), karras_sigmas(4), 0, torch.Generator())

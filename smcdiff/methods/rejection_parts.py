@@ -14,6 +14,7 @@ from smcdiff import _rng
 from smcdiff.kernels.edm import EDMHeun
 from smcdiff.kernels.steps import StepOutput, denoise, euler_step, per_sample
 from smcdiff.methods.base import validate_common
+from smcdiff.sampling import sample
 from smcdiff.types import Tensor
 
 __all__ = ["U_OFFSET", "accept", "renoise", "needs_restart", "log_M_from_ratios", "heun_step_per_slot",
@@ -153,10 +154,17 @@ def estimate_log_M(denoiser, sigmas, log_ratio, *, num_warmup: int, shape, gener
     for start in range(0, num_warmup, batch_size):
         w = torch.arange(start, min(start + batch_size, num_warmup))
         c = {name: v[w % rows_of[name]] for name, v in cond.items()}
-        x = _rng.randn((len(w),) + shape, generator) * sigmas[0]
-        ell = [log_ratio_values(log_ratio, x, sigmas[0].expand(len(w)), c)]
-        for i in range(len(sigmas) - 1):
-            x = kernel(denoiser, x, sigmas, i, generator, c).x
-            ell.append(log_ratio_values(log_ratio, x, sigmas[i + 1].expand(len(w)), c))
+        b = len(w)
+
+        def ell_at(x, sigma):
+            return log_ratio_values(log_ratio, x, torch.full((b,), float(sigma), dtype=torch.float64,
+                                                             device=x.device), c)
+
+        # The plain sampler as one composition; ℓ recorded at the start and after every step.
+        z = _rng.randn((b,) + shape, generator)
+        ell = [ell_at(z * sigmas[0], sigmas[0])]
+        sample(denoiser, sigmas, kernel, num_groups=b, num_particles=1, shape=shape, generator=generator,
+               x_init=z[:, None], cond={k: v[:, None] for k, v in c.items()},
+               callback=lambda info: ell.append(ell_at(info.x["x"][:, 0], sigmas[info.t + 1])))
         records.append(torch.stack(ell, dim=1))
     return log_M_from_ratios(torch.cat(records), rej_percentile, no_zero)

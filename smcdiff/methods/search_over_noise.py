@@ -16,7 +16,8 @@ samples of ``p·exp r``.
   ``interval`` steps each group keeps its ``K`` best by ``r(x̂0)`` (truncation selection) and
   copies each ``branch`` times; the best final reward is returned. Our reading of Ma et al.'s
   "search over paths" (its Δf/Δb re-noising details are unverified, REFERENCE-STEERING §B6): a
-  greedy beam search.
+  greedy beam search — one :func:`smcdiff.sample` call whose resampling scheme is
+  :func:`truncation`.
 
 **Cost.** ``rounds·K`` samples for random and zero-order search (a rejected round's fresh pivot is
 not sampled: any neighbour beats an unscored pivot), ``K·branch`` trajectories for paths; one
@@ -42,12 +43,13 @@ from smcdiff import _rng
 from smcdiff.kernels import EDMHeun, EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.methods.base import check_callable, check_count, validate_common
+from smcdiff.resampling import Resampler
 from smcdiff.resampling import ess as ess_of
 from smcdiff.results import Result, choose_final
 from smcdiff.sampling import sample
 from smcdiff.weights.steering import RewardTwist, TwistPotential
 
-__all__ = ["MODES", "neighbours", "noise_search"]
+__all__ = ["MODES", "neighbours", "noise_search", "truncation"]
 
 MODES = ("random", "zero_order", "paths")
 
@@ -72,20 +74,28 @@ def _scored(denoiser, sigmas, kernel, R, latents, generator):
     return res.particles, res.potential, res.nfe_total
 
 
+def truncation(keep: int, branch: int):
+    """Truncation selection as a resampling scheme: each group's ``keep`` particles of highest
+    log-weight, each copied ``branch`` times (deterministic; ``(G, keep·branch)`` ancestors)."""
+
+    def scheme(log_weights, generator, num=None):
+        return log_weights.topk(keep, dim=1).indices.repeat_interleave(branch, dim=1)
+
+    scheme.__name__ = f"truncation({keep}x{branch})"
+    return scheme
+
+
 def _paths(denoiser, sigmas, kernel, R, G, K, branch, interval, shape, generator):
-    """Truncation search over paths: ``K·branch`` trajectories, the ``K`` best kept and copied every ``interval`` steps."""
-    net, T, n = CallCounter(denoiser), len(sigmas) - 1, K * branch
-    x = sigmas[0] * _rng.randn_batch((G * n,) + shape, generator)
-    for i in range(T):
-        out = kernel(net, x, sigmas, i, generator)
-        x = out.x
-        if (i + 1) % interval == 0 and i < T - 1:
-            # Keep each group's K best by r(x̂0), each copied `branch` times.
-            best = R(out.x0_hat).to(torch.float64).reshape(G, n).topk(K, dim=1).indices
-            keep = best.repeat_interleave(branch, dim=1) + n * torch.arange(G)[:, None]
-            x = x[keep.flatten()]
-    x = x.reshape((G, n) + shape)
-    return x, R(x.flatten(0, 1)).to(torch.float64).reshape(G, n), net.count
+    """Search over paths as one composition: ``K·branch`` trajectories, the reward of x̂0 as an
+    incremental potential at every ``interval``-th step (after a copy all weights are equal, so the
+    weight is the current reward), truncation selection there, the final rewards at the end."""
+    T = len(sigmas) - 1
+    checkpoints = set(range(interval - 1, T - 1, interval))
+    res = sample(denoiser, sigmas, kernel, TwistPotential(RewardTwist(R), name="reward"),
+                 Resampler(truncation(K, branch), 1.0), G, K * branch, shape, generator,
+                 potential_form="incremental", potential_steps=checkpoints | {T - 1}, resample_steps=checkpoints,
+                 final="all")
+    return res.particles, res.potential, res.nfe_total
 
 
 def noise_search(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_particles: int = 4,

@@ -159,3 +159,15 @@ def test_fk_steering_through_the_app_with_a_scaled_reward(folder, tmp_path, monk
                            reward_scale=5.0, method_params={"num_particles": 2, "interval": 2})
     rec = _record(tmp_path)
     assert rec["nfe"] == 2 * 4 * 2 and rec["reward_calls"] == 2 * 3 == sum(seen)  # S = {0, 2, 3}
+
+
+def test_a_rerun_resumes_skips_done_batches_and_redoes_a_damaged_one(folder, tmp_path, one_thread):
+    kw = dict(method="edm", seeds="0-3", batch=2, steps=STEPS)
+    first = generate_from_pipeline(folder, ["a cat"], tmp_path / "r", **kw)
+    images = [_png(p) for p in first]
+    first[3].write_bytes(first[3].read_bytes()[:40])  # a truncated PNG, as a killed non-atomic write leaves
+    again = generate_from_pipeline(folder, ["a cat"], tmp_path / "r", **kw)
+    assert again == first[2:]  # only the batch with the damaged image is sampled again
+    assert _record(tmp_path / "r")["skipped_existing"] == 2
+    assert all(np.array_equal(_png(p), img) for p, img in zip(first, images))
+    assert not list((tmp_path / "r").glob(".*.tmp"))  # atomic writes leave no temporary files

@@ -152,13 +152,15 @@ def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
     return outdir / f"{seed:06d}.png"
 
 
-def image_ok(path: Path, shape: tuple[int, int, int]) -> bool:
-    """Whether ``path`` is a PNG that decodes fully to an image of ``shape`` = (C, H, W)."""
+def image_ok(path: Path, shape: tuple[int, int, int] | None) -> bool:
+    """Whether ``path`` is a PNG that decodes fully (to an image of ``shape`` = (C, H, W) when given)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
+            if shape is None:
+                return img.format == "PNG"
             return img.format == "PNG" and img.size == (shape[2], shape[1]) and img.mode == _mode(shape[0])
     except (OSError, ValueError, SyntaxError):  # missing, truncated, not a PNG
         return False
@@ -364,7 +366,7 @@ def generate(net, seeds: Sequence[int], outdir, *, method: str = "edm", batch: i
             if path in done:  # a batch is rerun whole; its finished images are kept as they are
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            _save_png(img, path)
+            save_png(img, path)
             result.written += 1
     return result
 
@@ -389,7 +391,8 @@ def _sample_batch(spec, net, batch_seeds, shape, sigmas, class_idx, log_ratio, p
     return out.x
 
 
-def _save_png(img: np.ndarray, path: Path) -> None:
+def save_png(img: np.ndarray, path: Path) -> None:
+    """Write ``img : (H, W, C)`` uint8 as a PNG, atomically (a temporary file, then a rename)."""
     from PIL import Image
 
     channels = img.shape[2]

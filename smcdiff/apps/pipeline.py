@@ -20,6 +20,11 @@ the objects come from each prompt), ``discriminator`` (a latent discriminator,
 prompt's otherwise), ``reward`` (``"color:R,G,B"`` or ``"clip:FOLDER"``, on the decoded x̂0; also the
 score of ``best-of-n``).
 
+A rerun into the same folder resumes: batches whose PNGs all decode are skipped (counted as
+``skipped_existing`` in ``generation.json``), and images are written atomically (a temporary file,
+then a rename), so a killed run leaves no partial PNG. Unlike ``smcdiff generate`` on a network
+file, no settings file guards the folder: resuming with other settings is the user's business.
+
 Classifier-free guidance (``cfg`` w ≠ 1, with a text encoder or given embeddings) wraps the denoiser
 with the negative prompt's embedding as the unconditional input. **NFE** in ``generation.json``
 counts network evaluations at the network (2 per guided evaluation) divided by the images written;
@@ -41,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smcdiff.apps.generate import dist_info, image_path, parse_seeds, rank_batches
+from smcdiff.apps.generate import dist_info, image_ok, image_path, parse_seeds, rank_batches, save_png
 from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas, karras_sigmas
@@ -212,7 +217,12 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
         from tqdm.auto import tqdm
 
         jobs = tqdm(jobs, desc=f"generate ({method})", unit="batch")
+    skipped = 0
     for i, batch_seeds in jobs:
+        paths = [image_path(outdir / f"{i:05d}" if len(prompts) > 1 else outdir, seed, subdirs) for seed in batch_seeds]
+        if all(image_ok(p, None) for p in paths):  # resume: this batch is done (its PNGs decode)
+            skipped += len(paths)
+            continue
         gens = [torch.Generator(device=device).manual_seed(s % (1 << 32)) for s in batch_seeds]
         lead = (K,) if spec.particles else ()
         z = torch.stack([torch.randn(lead + model.shape, generator=g, device=device) for g in gens]).to(torch.float64)
@@ -234,15 +244,15 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
                    generator=gens[0] if spec.one_generator else gens, x_init=z, cond=cond or None, **kwargs, **params)
         x = out.x if out.x.dim() == len(model.shape) + 1 else out.x[:, 0]  # one image per seed
         pixels = (model.images(x).float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-        for seed, img in zip(batch_seeds, pixels.numpy()):
-            path = image_path(outdir / f"{i:05d}" if len(prompts) > 1 else outdir, seed, subdirs)
+        for path, img in zip(paths, pixels.numpy()):
             path.parent.mkdir(parents=True, exist_ok=True)
-            _save_png(img, path)
+            save_png(np.ascontiguousarray(img), path)  # atomic: a killed run leaves no partial PNG
             written.append(path)
         images_done += len(batch_seeds)
     _write_record(outdir / ("generation.json" if world == 1 else f"generation-rank{rank}.json"), {
         "pipeline": str(pipeline_dir), "method": method, "cfg": float(cfg) if guided else None, "steps": steps,
-        "seeds": seeds, "num_prompts": len(prompts), "images": images_done, "method_params": _plain(params),
+        "seeds": seeds, "num_prompts": len(prompts), "images": images_done, "skipped_existing": skipped,
+        "method_params": _plain(params),
         "nfe": net.count / max(images_done, 1),
         "decodes": ((model.decoder.decodes - decodes0) / max(images_done, 1)) if model.decoder is not None else 0.0,
         **{k: getattr(v, "count", getattr(v, "calls", 0)) / max(images_done, 1) for k, v in counters.items()},
@@ -257,12 +267,6 @@ def _plain(value):
 def _write_record(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-
-def _save_png(img: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(img), "RGB").save(path)
 
 
 def _dtype(text: str):

@@ -248,3 +248,21 @@ def test_a_log_ratio_without_a_gradient_path_is_refused_not_silently_zero():
     with pytest.raises(ValueError, match="no gradient path"):
         smcdiff.methods.dg(model.denoise, karras_sigmas(8), log_ratio=frozen, num_samples=2, shape=(1,),
                            generator=gen(0))
+
+
+def test_the_final_choices():
+    _, model, ell = mixture_pair_1d()
+    def run(final):  # the same run (seed 2) with each final choice
+        return smcdiff.sample(model.denoise, karras_sigmas(8), EDMHeun(S_churn=2.0), LogRatioPotential(ell, 1e-4),
+                              Resampler("systematic", 0.5), 3, 32, (1,), gen(2), final=final)
+
+    every, again, best, drawn = run("all"), run("resample"), run("argmax"), run("weighted")
+    assert torch.equal(every.x, every.particles) and every.selected is None
+    # resample: K equally weighted copies of the weighted particles, the evidence unchanged
+    assert again.x.shape == (3, 32, 1) and torch.equal(again.particles, every.particles)
+    assert torch.allclose(again.log_weights, again.log_weights[:, :1].expand(3, 32))
+    torch.testing.assert_close(torch.logsumexp(again.log_weights, 1), torch.logsumexp(every.log_weights, 1))
+    assert all(bool((again.x[g, :, None] == every.particles[g][None]).all(-1).any(-1).all()) for g in range(3))
+    # argmax: the particle with the largest final potential; weighted: some particle of the group
+    assert torch.equal(best.selected, every.potential.argmax(1)) and torch.equal(best.x, every.particles[torch.arange(3), best.selected])
+    assert drawn.x.shape == (3, 1) and torch.equal(drawn.x, every.particles[torch.arange(3), drawn.selected])

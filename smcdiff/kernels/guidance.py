@@ -192,6 +192,9 @@ class Guided:
                 raise TypeError(f"{t!r} is not a denoiser transform: it needs bind(denoiser, sigmas, i)")
         if not callable(kernel):
             raise TypeError(f"kernel must be callable as kernel(denoiser, x, sigmas, i, generator, cond), got {kernel!r}")
+        if hasattr(kernel, "num_steps"):  # e.g. Restart: step t is not step t of the schedule the transforms see
+            raise TypeError(f"Guided binds its transforms to step i of the schedule; {type(kernel).__name__} runs a "
+                            "schedule of its own, so guiding it this way would apply the wrong step's guidance")
         self.kernel, self.transforms = kernel, transforms
 
     @property

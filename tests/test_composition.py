@@ -266,3 +266,23 @@ def test_the_final_choices():
     # argmax: the particle with the largest final potential; weighted: some particle of the group
     assert torch.equal(best.selected, every.potential.argmax(1)) and torch.equal(best.x, every.particles[torch.arange(3), best.selected])
     assert drawn.x.shape == (3, 1) and torch.equal(drawn.x, every.particles[torch.arange(3), drawn.selected])
+
+
+def test_guidance_around_restart_binds_to_the_grid_each_step_runs_on():
+    from smcdiff.kernels import Guided, Restart
+
+    seen = []
+
+    class Probe:  # a transform that records what it is bound to
+        def bind(self, denoiser, sigmas, i):
+            seen.append((float(sigmas[i]), float(sigmas[i + 1])))
+            return denoiser
+
+    _, model, _ = mixture_pair_1d()
+    kernel = Restart()
+    res = smcdiff.sample(model.denoise, karras_sigmas(18), Guided(kernel, Probe()), num_particles=2, shape=(1,),
+                         generator=gen(0))
+    levels = res.sigmas.tolist()
+    assert len(seen) == kernel.num_steps(karras_sigmas(18))
+    for t, (hi, lo) in enumerate(seen):  # each bound step ends where the run's step t ends
+        assert lo == levels[t + 1]

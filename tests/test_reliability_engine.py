@@ -80,7 +80,6 @@ ROWS = [
     ("E20", lambda: Restart(restart_gamma=-1.0), ValueError, "restart_gamma must be finite and >= 0"),
     ("E21", lambda: CorrectedEulerMaruyama("dg"), TypeError, "is not a denoiser transform"),
     ("E22", lambda: Guided("heun"), TypeError, "kernel must be callable"),
-    ("E37", lambda: Guided(Restart(), DiscriminatorGuidance(ELL)), TypeError, "runs a schedule of its own"),
     ("E23", lambda: DiscriminatorGuidance(ELL, w1=math.nan), ValueError, "must be finite"),
     ("E24", lambda: DiscriminatorGuidance(ELL, double_every=0), ValueError, "double_every must be None or an int"),
     ("E25", lambda: engine.run(Walk(), 2, 3, None, gen(), check_every=0), ValueError, "check_every must be an int"),

@@ -183,7 +183,9 @@ class Guided:
     """A kernel whose denoiser is transformed, per step, by ``transforms`` (applied left to right).
 
     What the bound transforms report (DG's ℓ) is returned in ``StepOutput.carry`` and handed back
-    to the kernel at the next step (entries not reported this step keep their last value).
+    to the kernel at the next step (entries not reported this step keep their last value). Around a
+    kernel with a schedule of its own (:class:`~smcdiff.kernels.Restart`) the transforms are bound to
+    the grid and index its step runs on (``kernel.step_grid``).
     """
 
     def __init__(self, kernel, *transforms):
@@ -192,9 +194,6 @@ class Guided:
                 raise TypeError(f"{t!r} is not a denoiser transform: it needs bind(denoiser, sigmas, i)")
         if not callable(kernel):
             raise TypeError(f"kernel must be callable as kernel(denoiser, x, sigmas, i, generator, cond), got {kernel!r}")
-        if hasattr(kernel, "num_steps"):  # e.g. Restart: step t is not step t of the schedule the transforms see
-            raise TypeError(f"Guided binds its transforms to step i of the schedule; {type(kernel).__name__} runs a "
-                            "schedule of its own, so guiding it this way would apply the wrong step's guidance")
         self.kernel, self.transforms = kernel, transforms
 
     @property
@@ -207,9 +206,11 @@ class Guided:
         return getattr(self.kernel, name)
 
     def __call__(self, denoiser, x, sigmas, i, generator, cond=None, **context) -> StepOutput:
+        # A kernel with a schedule of its own (Restart) says which grid and step its step i runs on.
+        grid, j = self.kernel.step_grid(sigmas, i) if hasattr(self.kernel, "step_grid") else (sigmas, i)
         bound = []
         for t in self.transforms:
-            denoiser = t.bind(denoiser, sigmas, i)
+            denoiser = t.bind(denoiser, grid, j)
             bound.append(denoiser)
         out = self.kernel(denoiser, x, sigmas, i, generator, cond, **context)
         carry = dict(context.get("carry") or {})

@@ -288,6 +288,12 @@ class Restart:
         op = self.ops(sigmas)[t]
         return sigmas[op.index + 1] if op.kind == "main" else op.grid[op.index + 1]
 
+    def step_grid(self, sigmas: Tensor, t: int) -> tuple[Tensor, int]:
+        """The grid and index step t runs on: ``(sigmas, i)`` for main step i, ``(grid, m)`` for
+        restart step m (what guidance transforms bind to)."""
+        op = self.ops(sigmas)[t]
+        return (sigmas, op.index) if op.kind == "main" else (op.grid, op.index)
+
     def repeat_starts(self, sigmas: Tensor) -> dict[int, int]:
         """{step t after which a repeat begins: main-grid index j of the σ_j it starts from}."""
         return {k - 1: op.j for k, op in enumerate(self.ops(sigmas)) if op.jump}

@@ -34,7 +34,7 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["check_int", "check_real", "check_size", "check_steps"]
 
 
 def _is_bool(value) -> bool:
@@ -98,3 +98,27 @@ def check_real(value, name: str, *, low: float | None = None, high: float | None
             want = f"finite and {want}"
         raise ValueError(f"{name} must be {want}, got {out!r}")
     return out
+
+
+def check_size(name: str, value) -> int:
+    """``value`` as an int >= 1 (numpy integers accepted; bools and floats refused with ``ValueError``)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or isinstance(value, torch.Tensor) and value.dim():
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    out = int(value.__index__())
+    if out < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return out
+
+
+def check_steps(steps, T: int, name: str) -> frozenset | None:
+    """``steps`` (a collection of step indices, or None) as a frozenset inside [0, T − 1]."""
+    if steps is None:
+        return None
+    try:
+        steps = frozenset(int(i) for i in steps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a collection of step indices, got {steps!r}") from None
+    bad = sorted(i for i in steps if not 0 <= i < T)
+    if bad:
+        raise ValueError(f"{name} must lie in [0, {T - 1}], got {bad}")
+    return steps

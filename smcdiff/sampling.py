@@ -41,8 +41,8 @@ from collections.abc import Callable, Mapping
 import torch
 
 from smcdiff import _rng, engine
+from smcdiff.checks import check_size, check_steps
 from smcdiff.engine import RejectionControl, StepInfo
-from smcdiff.engine.smc import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.resampling import Resampler
@@ -93,7 +93,7 @@ class DiffusionModel:
         self.shape, self.x_init, self.potential_form = tuple(shape), x_init, potential_form
         self.cond = dict(cond or {})
         self.num_steps = kernel.num_steps(sigmas) if hasattr(kernel, "num_steps") else len(sigmas) - 1
-        self.potential_steps = _check_steps(potential_steps, self.num_steps, "potential_steps")
+        self.potential_steps = check_steps(potential_steps, self.num_steps, "potential_steps")
         self.first_potential_step = min(self.potential_steps) if self.potential_steps else 0
         self.context = _accepts_context(kernel)
 
@@ -198,19 +198,6 @@ def _check_cond(cond, G, K) -> dict:
                              f"to share a value within a group use y[:, None].expand(-1, {K}, *y.shape[1:])")
         out[name] = value
     return out
-
-
-def _check_steps(steps, T: int, name: str):
-    if steps is None:
-        return None
-    try:
-        steps = frozenset(int(i) for i in steps)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a collection of step indices, got {steps!r}") from None
-    bad = sorted(i for i in steps if not 0 <= i < T)
-    if bad:
-        raise ValueError(f"{name} must lie in [0, {T - 1}], got {bad}")
-    return steps
 
 
 def sample(

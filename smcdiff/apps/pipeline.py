@@ -46,7 +46,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smcdiff.apps.generate import dist_info, image_ok, image_path, parse_seeds, rank_batches, save_png
+from smcdiff.apps.generate import (
+    dist_info,
+    image_ok,
+    image_path,
+    parse_seeds,
+    rank_batches,
+    save_png,
+)
 from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas, karras_sigmas
@@ -157,7 +164,10 @@ def generate_from_pipeline(pipeline_dir, prompts, outdir, *, method: str = "edm"
     ``prompt_embeds (P, L, E)`` / ``negative_prompt_embeds (L, E)`` replace the text encoder.
     """
     from smcdiff.models.detectors import load_detector, prompt_objects
-    from smcdiff.models.latent_discriminator import LatentLogRatio, load_latent_discriminator
+    from smcdiff.models.latent_discriminator import (
+        LatentLogRatio,
+        load_latent_discriminator,
+    )
     from smcdiff.models.pipeline_folder import load_pipeline
 
     spec, prompts = method_spec(method), read_prompts(prompts)

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from smcdiff.kernels import EulerMaruyama, karras_sigmas
+from smcdiff.methods.fk_correctors import fkc
+from smcdiff.methods.reward_steering import fk_steering
+from smcdiff.methods.search_over_noise import noise_search
 from smcdiff.methods.tempered_smc import das
 from smcdiff.methods.tree_search import dts
-from smcdiff.methods.reward_steering import fk_steering
-from smcdiff.methods.fk_correctors import fkc
-from smcdiff.methods.search_over_noise import noise_search
 from smcdiff.methods.twisted_smc import tds
 from smcdiff.metrics.samples import sliced_wasserstein
 from smcdiff.models.tilted import component_weights, example_2d, example_8d

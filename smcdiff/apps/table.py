@@ -155,7 +155,11 @@ def run_table(cfg: TableConfig | None = None, *, models=None, progress: bool = F
     """Run every :func:`method_specs` entry at every seed; returns one :class:`Run` each, the real-data
     floor (training images, same sample size) first."""
     from smcdiff.kernels import karras_sigmas
-    from smcdiff.metrics.fd_digits import DigitsFeatures, digits_scores, reference_features
+    from smcdiff.metrics.fd_digits import (
+        DigitsFeatures,
+        digits_scores,
+        reference_features,
+    )
     from smcdiff.models.pretrained import load_digits_models
 
     cfg = TableConfig() if cfg is None else cfg

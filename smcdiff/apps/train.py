@@ -144,8 +144,18 @@ def train_digits_models(out, *, recipe: dict | None = None, progress: bool = Fal
     """Train the three digits networks by :data:`DIGITS_RECIPE` (``recipe`` overrides parts of it,
     e.g. ``{"denoiser": {"steps": 50}}``), save them and a manifest to ``out``; return them."""
     from smcdiff.data import load_digits
-    from smcdiff.models.small_nets import ConvDenoiser, ConvTimeDiscriminator, DigitsClassifier, save
-    from smcdiff.models.training import model_samples, train_classifier, train_denoiser, train_discriminator
+    from smcdiff.models.small_nets import (
+        ConvDenoiser,
+        ConvTimeDiscriminator,
+        DigitsClassifier,
+        save,
+    )
+    from smcdiff.models.training import (
+        model_samples,
+        train_classifier,
+        train_denoiser,
+        train_discriminator,
+    )
 
     r = _merge(DIGITS_RECIPE, recipe)
     seed = int(r["seed"])

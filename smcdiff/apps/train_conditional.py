@@ -20,7 +20,10 @@ import torch.nn.functional as F
 
 from smcdiff.data import load_digits
 from smcdiff.models.conditional_digits import (
-    CONDITIONAL_DIGITS_RECIPE, CONDITIONAL_FILES, ConditionalConvDenoiser, save_conditional,
+    CONDITIONAL_DIGITS_RECIPE,
+    CONDITIONAL_FILES,
+    ConditionalConvDenoiser,
+    save_conditional,
 )
 from smcdiff.models.training import edm_loss
 

@@ -7,7 +7,16 @@ for partial rejection control; :mod:`smcdiff.engine.export` for the ArviZ export
 from smcdiff.engine.export import to_arviz
 from smcdiff.engine.rejection_control import RejectionControl
 from smcdiff.engine.smc import (
-    SMCFailedError, SMCResult, SMCState, StepInfo, check_model, gather, init, run, stack_records, step,
+    SMCFailedError,
+    SMCResult,
+    SMCState,
+    StepInfo,
+    check_model,
+    gather,
+    init,
+    run,
+    stack_records,
+    step,
 )
 
 __all__ = ["SMCState", "StepInfo", "SMCResult", "SMCFailedError", "RejectionControl", "init", "step", "run",

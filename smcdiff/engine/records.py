@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 _REQUIRED = ("x", "log_weights", "log_evidence", "ess", "resampled", "ancestors", "log_evidence_increments")
 MAX_GROUPS_DRAWN = 16
 MAX_LINEAGES = 128

@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 import torch
 
 from smcdiff import _rng
+from smcdiff.checks import check_size, check_steps
 from smcdiff.engine.export import to_arviz
 from smcdiff.engine.rejection_control import RejectionControl, apply_rejection_control
 from smcdiff.resampling import Resampler
@@ -69,7 +70,7 @@ from smcdiff.resampling import ess as ess_of
 from smcdiff.types import GeneratorSpec, State, Tensor
 
 __all__ = ["SMCState", "StepInfo", "SMCResult", "SMCFailedError", "init", "step", "run", "gather",
-           "check_model", "check_size"]
+           "check_model"]
 
 _MODEL_API = ("num_steps", "init", "move", "log_potential")
 
@@ -208,16 +209,6 @@ def _first_tensor(x: State) -> Tensor:
     return x
 
 
-def check_size(name: str, value) -> int:
-    """``value`` as an int >= 1 (numpy integers accepted; bools and floats refused with ``ValueError``)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or isinstance(value, torch.Tensor) and value.dim():
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    out = int(value.__index__())
-    if out < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return out
-
-
 def _check_sizes(num_groups, num_particles) -> tuple[int, int]:
     return check_size("num_groups", num_groups), check_size("num_particles", num_particles)
 
@@ -350,11 +341,7 @@ def run(
     T = model.num_steps
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
-    if resample_steps is not None:
-        resample_steps = frozenset(int(i) for i in resample_steps)
-        bad = sorted(i for i in resample_steps if not 0 <= i < T)
-        if bad:
-            raise ValueError(f"resample_steps must lie in [0, {T - 1}], got {bad}")
+    resample_steps = check_steps(resample_steps, T, "resample_steps")
     if rejection_control is not None and not isinstance(rejection_control, RejectionControl):
         raise TypeError("rejection_control must be a smcdiff.engine.RejectionControl")
     state = init(model, num_groups, num_particles, generator, resample_generator=resample_generator,

@@ -14,11 +14,28 @@ from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.edm import MAX_GAMMA, ChurnBoost, EDMEuler, EDMHeun, EulerMaruyama
 from smcdiff.kernels.guidance import (
-    CorrectedEulerMaruyama, DiscriminatorGuidance, EpsilonScaling, Guided, log_ratio_grad,
+    CorrectedEulerMaruyama,
+    DiscriminatorGuidance,
+    EpsilonScaling,
+    Guided,
+    log_ratio_grad,
 )
 from smcdiff.kernels.restart import Restart
-from smcdiff.kernels.schedules import check_sigmas, iddpm_sigmas, karras_sigmas, ve_sigmas, vp_sigmas
-from smcdiff.kernels.steps import StepOutput, churn, edm_step, euler_maruyama_step, euler_step, heun_step
+from smcdiff.kernels.schedules import (
+    check_sigmas,
+    iddpm_sigmas,
+    karras_sigmas,
+    ve_sigmas,
+    vp_sigmas,
+)
+from smcdiff.kernels.steps import (
+    StepOutput,
+    churn,
+    edm_step,
+    euler_maruyama_step,
+    euler_step,
+    heun_step,
+)
 
 __all__ = [
     "EDMEuler", "EDMHeun", "EulerMaruyama", "Restart", "ChurnBoost", "MAX_GAMMA",

@@ -53,7 +53,12 @@ from dataclasses import dataclass
 import torch
 
 from smcdiff import _rng
-from smcdiff.likelihood.inputs import call_denoiser, check_batch, check_cond, check_sigma_range
+from smcdiff.likelihood.inputs import (
+    call_denoiser,
+    check_batch,
+    check_cond,
+    check_sigma_range,
+)
 from smcdiff.types import Tensor
 
 __all__ = ["SIGMA_DISTS", "ElboResult", "baseline_integral", "elbo", "elbo_integrand", "radical_inverse", "sigma_points"]

@@ -55,7 +55,13 @@ from dataclasses import dataclass
 import torch
 
 from smcdiff import _rng
-from smcdiff.likelihood.inputs import call_denoiser, check_batch, check_cond, check_sigma_range, denoiser_name
+from smcdiff.likelihood.inputs import (
+    call_denoiser,
+    check_batch,
+    check_cond,
+    check_sigma_range,
+    denoiser_name,
+)
 from smcdiff.types import Tensor
 
 __all__ = ["DIVERGENCES", "PROBES", "LogProbResult", "gaussian_prior", "log_prob", "to_bits_per_dim",

@@ -26,22 +26,17 @@ import dataclasses
 import torch
 
 from smcdiff import _rng
-from smcdiff.engine.smc import check_size
+from smcdiff.checks import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.schedules import check_sigmas
 from smcdiff.results import Result
 from smcdiff.types import Tensor
 
 __all__ = ["MethodResult", "initial_latents", "validate_common", "as_method_result", "check_callable",
-           "check_count", "per_group_cond", "one_value_per_sample"]
+           "per_group_cond", "one_value_per_sample"]
 
 #: Methods return the one result type; this name stays for code written against earlier versions.
 MethodResult = Result
-
-
-def check_count(name: str, value) -> int:
-    """An int >= 1 (numpy integers accepted, bools refused), else a ``ValueError`` naming ``name``."""
-    return check_size(name, value)
 
 
 def check_callable(name: str, fn, signature: str, required: bool = True):
@@ -57,7 +52,7 @@ def validate_common(sigmas, num_samples: int, shape, generator=None) -> tuple[Te
     """Check the shared arguments (``generator``: one, or one per output sample, when given);
     return the float64 schedule and the event shape as a tuple."""
     sigmas = check_sigmas(sigmas)
-    check_count("num_samples", num_samples)
+    check_size("num_samples", num_samples)
     if generator is not None:
         _rng.check_generator(generator, None if isinstance(generator, torch.Generator) else num_samples)
     if shape is None:
@@ -84,22 +79,18 @@ def initial_latents(x_init, lead: tuple, shape: tuple, generator) -> Tensor:
 def per_group_cond(cond, G: int, K: int, particles: bool) -> dict:
     """Conditioning tensors for a method run as G groups of K particles.
 
-    Particle methods (``particles=True``) take ``(G, K, ...)`` tensors (they follow their particle
-    through resampling); single-trajectory methods take ``(G, ...)``, given a particle axis here.
+    Particle methods (``particles=True``) take ``(G, K, ...)`` tensors as they are (they follow their
+    particle through resampling; :func:`smcdiff.sample` checks their leading dims); single-trajectory
+    methods take ``(G, ...)``, given a particle axis here.
     """
     out = {}
     for name, value in (cond or {}).items():
         value = torch.as_tensor(value)
-        if particles:
-            if value.dim() < 2 or tuple(value.shape[:2]) != (G, K):
-                raise ValueError(
-                    f"cond[{name!r}] must have leading dims (num_samples, num_particles) = ({G}, {K}), got "
-                    f"{tuple(value.shape)}; to share a label within a group use y[:, None].expand(-1, {K}, *y.shape[1:])")
-            out[name] = value
-        else:
+        if not particles:
             if value.dim() < 1 or value.shape[0] != G:
                 raise ValueError(f"cond[{name!r}] must have leading dim num_samples = {G}, got {tuple(value.shape)}")
-            out[name] = value[:, None].expand(G, K, *value.shape[1:])
+            value = value[:, None].expand(G, K, *value.shape[1:])
+        out[name] = value
     return out
 
 

@@ -31,7 +31,11 @@ from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.edm import ChurnBoost, EDMHeun
 from smcdiff.kernels.guidance import DiscriminatorGuidance, EpsilonScaling, Guided
 from smcdiff.methods.base import (
-    as_method_result, check_callable, initial_latents, per_group_cond, validate_common,
+    as_method_result,
+    check_callable,
+    initial_latents,
+    per_group_cond,
+    validate_common,
 )
 from smcdiff.results import Result
 from smcdiff.sampling import sample

@@ -42,11 +42,11 @@ import dataclasses
 
 import torch
 
+from smcdiff.checks import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.twisted import ProductEulerMaruyama, RewardEulerMaruyama
 from smcdiff.methods.base import (
     check_callable,
-    check_count,
     initial_latents,
     per_group_cond,
     validate_common,
@@ -69,7 +69,7 @@ def fkc(denoiser, sigmas, *, reward, num_samples: int, shape, generator, num_par
     """FKC (see the module doc). ``expert(x, sigma, **cond)`` a second denoiser with weights ``a, b``;
     else ``reward(x, **cond)`` on the noisy state with ``beta(sigma) -> (N,)``."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K = num_samples, check_count("num_particles", num_particles)
+    G, K = num_samples, check_size("num_particles", num_particles)
     R = CallCounter(check_callable("reward", reward, "reward(x0, **cond) -> (N,)"))
     check_callable("expert", expert, "expert(x, sigma, **cond) -> x0_hat", required=False)
     E = CallCounter(expert) if expert is not None else None

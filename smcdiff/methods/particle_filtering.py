@@ -70,11 +70,16 @@ from collections.abc import Mapping
 
 import torch
 
+from smcdiff.checks import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.edm import MAX_GAMMA, EDMHeun
 from smcdiff.kernels.restart import IMAGENET64_RESTART, Restart
 from smcdiff.methods.base import (
-    as_method_result, check_callable, check_count, initial_latents, one_value_per_sample, per_group_cond,
+    as_method_result,
+    check_callable,
+    initial_latents,
+    one_value_per_sample,
+    per_group_cond,
     validate_common,
 )
 from smcdiff.resampling import Resampler, get_scheme
@@ -187,7 +192,7 @@ def particle_filter(denoiser: Denoiser, sigmas, *, log_ratio: LogRatio | None = 
     final_sigma = check_final_sigma(final_sigma)
     if ess_threshold is not None and not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be None (fixed schedule) or in [0, 1], got {ess_threshold!r}")
-    G, K = num_samples, check_count("num_particles (K)", num_particles)
+    G, K = num_samples, check_size("num_particles (K)", num_particles)
     # Kernel: EDM Heun with the forced churn after resampling (or Restart); events: where to resample.
     kernel, events = particle_kernel(sigmas, sampler, resample_at=resample_at, restart=restart, S_churn=S_churn,
                                      S_min=S_min, S_max=S_max, S_noise=S_noise, restart_gamma=restart_gamma)

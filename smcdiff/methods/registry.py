@@ -27,7 +27,12 @@ from smcdiff.methods.reward_steering import fk_steering
 from smcdiff.methods.search_over_noise import noise_search
 from smcdiff.methods.selection import best_of_n, discriminator_select
 from smcdiff.methods.tempered_smc import das
-from smcdiff.methods.text_to_image import object_select, pf_detector, pf_discriminator, pf_hybrid
+from smcdiff.methods.text_to_image import (
+    object_select,
+    pf_detector,
+    pf_discriminator,
+    pf_hybrid,
+)
 from smcdiff.methods.tree_search import dts
 from smcdiff.methods.twisted_smc import tds
 

@@ -79,8 +79,17 @@ from smcdiff.kernels.edm import EDMHeun
 from smcdiff.kernels.steps import churn
 from smcdiff.methods.base import initial_latents, validate_common
 from smcdiff.methods.rejection_parts import (
-    accept, check_cond_rows, check_percentile, estimate_log_M, heun_step_per_slot, log_M_from_ratios,
-    log_ratio_values, needs_restart, renoise, rows_of, single_generator,
+    accept,
+    check_cond_rows,
+    check_percentile,
+    estimate_log_M,
+    heun_step_per_slot,
+    log_M_from_ratios,
+    log_ratio_values,
+    needs_restart,
+    renoise,
+    rows_of,
+    single_generator,
 )
 from smcdiff.results import Result
 from smcdiff.types import Denoiser, LogRatio, Tensor

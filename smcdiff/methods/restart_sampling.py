@@ -21,7 +21,12 @@ from collections.abc import Mapping
 
 from smcdiff.kernels.edm import EDMHeun
 from smcdiff.kernels.restart import IMAGENET64_RESTART, Restart, attach_restarts
-from smcdiff.methods.base import as_method_result, initial_latents, per_group_cond, validate_common
+from smcdiff.methods.base import (
+    as_method_result,
+    initial_latents,
+    per_group_cond,
+    validate_common,
+)
 from smcdiff.results import Result
 from smcdiff.sampling import sample
 from smcdiff.types import Denoiser, GeneratorSpec, Tensor

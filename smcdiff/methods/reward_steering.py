@@ -44,11 +44,11 @@ import dataclasses
 
 import torch
 
+from smcdiff.checks import check_size
 from smcdiff.kernels import EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.methods.base import (
     check_callable,
-    check_count,
     initial_latents,
     per_group_cond,
     validate_common,
@@ -67,7 +67,7 @@ POTENTIALS = {"diff": "difference", "rt": "current", "max": "max", "sum": "sum"}
 def evaluation_steps(num_steps: int, interval: int = 1, window: tuple[int, int] | None = None) -> frozenset:
     """``S = {start, start + interval, ... ≤ end} ∪ {num_steps − 1}``, ``window = (start, end)``
     step indices (default the whole run)."""
-    interval = check_count("interval", interval)
+    interval = check_size("interval", interval)
     start, end = (0, num_steps - 1) if window is None else (int(window[0]), int(window[1]))
     if not 0 <= start <= end <= num_steps - 1:
         raise ValueError(f"window must be (start, end) with 0 <= start <= end <= {num_steps - 1}, got {window!r}")
@@ -93,7 +93,7 @@ def fk_steering(denoiser, sigmas, *, reward, num_samples: int, shape, generator,
                 progress: bool = False) -> Result:
     """FK steering (see the module doc); ``x_init : (num_samples, K, *shape)``, ``cond`` ``(num_samples, K, ...)``."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K, T = num_samples, check_count("num_particles", num_particles), len(sigmas) - 1
+    G, K, T = num_samples, check_size("num_particles", num_particles), len(sigmas) - 1
     if potential not in POTENTIALS:
         raise ValueError(f"potential must be one of {tuple(POTENTIALS)}, got {potential!r}")
     R = CallCounter(check_callable("reward", reward, "reward(x0, **cond) -> (N,)"))

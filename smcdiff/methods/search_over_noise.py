@@ -40,9 +40,10 @@ import math
 import torch
 
 from smcdiff import _rng
+from smcdiff.checks import check_size
 from smcdiff.kernels import EDMHeun, EulerMaruyama
 from smcdiff.kernels.counting import CallCounter
-from smcdiff.methods.base import check_callable, check_count, validate_common
+from smcdiff.methods.base import check_callable, validate_common
 from smcdiff.resampling import Resampler
 from smcdiff.resampling import ess as ess_of
 from smcdiff.results import Result, choose_final
@@ -107,7 +108,7 @@ def noise_search(denoiser, sigmas, *, reward, num_samples: int, shape, generator
     reward, ``selected`` the best one's index, ``diagnostics["best"] : (rounds, num_samples)`` the
     best reward so far after each round."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K, rounds = num_samples, check_count("num_particles", num_particles), check_count("rounds", rounds)
+    G, K, rounds = num_samples, check_size("num_particles", num_particles), check_size("rounds", rounds)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0.0 < threshold < 1.0:
@@ -115,8 +116,8 @@ def noise_search(denoiser, sigmas, *, reward, num_samples: int, shape, generator
     R = CallCounter(check_callable("reward", reward, "reward(x0, **cond) -> (N,)"))
     trace, seen, scored = [], [], []
     if mode == "paths":
-        interval = check_count("interval", interval or max(1, (len(sigmas) - 1) // 4))
-        x, scores, nfe = _paths(denoiser, sigmas, kernel or EulerMaruyama(), R, G, K, check_count("branch", branch),
+        interval = check_size("interval", interval or max(1, (len(sigmas) - 1) // 4))
+        x, scores, nfe = _paths(denoiser, sigmas, kernel or EulerMaruyama(), R, G, K, check_size("branch", branch),
                                 interval, shape, generator)
         seen, scored = [x], [scores]
         trace.append(scores.max(1).values)

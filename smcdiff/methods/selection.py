@@ -35,12 +35,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from smcdiff.checks import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.methods.base import (
-    as_method_result, check_callable, check_count, initial_latents, one_value_per_sample, per_group_cond,
+    as_method_result,
+    check_callable,
+    initial_latents,
+    one_value_per_sample,
+    per_group_cond,
     validate_common,
 )
-from smcdiff.methods.particle_filtering import LogRatioPotential, check_final_sigma, particle_kernel
+from smcdiff.methods.particle_filtering import (
+    LogRatioPotential,
+    check_final_sigma,
+    particle_kernel,
+)
 from smcdiff.results import Result
 from smcdiff.sampling import sample
 from smcdiff.types import Denoiser, GeneratorSpec, LogRatio, Tensor
@@ -81,7 +90,7 @@ def best_of_n(denoiser: Denoiser, sigmas, *, log_ratio: LogRatio | None = None, 
     check_callable("score", score, "score(x, **cond) -> (N,)", required=False)
     check_callable("log_ratio", log_ratio, "log_ratio(x, sigma, **cond) -> (N,)", required=False)
     final_sigma = check_final_sigma(final_sigma)
-    G, K = num_samples, check_count("num_particles (K)", num_particles)
+    G, K = num_samples, check_size("num_particles (K)", num_particles)
     # Kernel: the base sampler, K independent runs per output (no events, no resampling).
     kernel, _ = particle_kernel(sigmas, sampler, restart=restart, S_churn=S_churn, S_min=S_min, S_max=S_max,
                                 S_noise=S_noise, restart_gamma=restart_gamma, with_events=False)

@@ -70,6 +70,7 @@ import math
 
 import torch
 
+from smcdiff.checks import check_size
 from smcdiff.kernels import EDMEuler, Guided, Restart
 from smcdiff.kernels.cfg import ClassifierFreeGuidance
 from smcdiff.kernels.counting import CallCounter
@@ -78,12 +79,15 @@ from smcdiff.kernels.schedules import karras_sigmas
 from smcdiff.methods.base import (
     as_method_result,
     check_callable,
-    check_count,
     initial_latents,
     per_group_cond,
     validate_common,
 )
-from smcdiff.methods.particle_filtering import LogRatioPotential, check_final_sigma, particle_kernel
+from smcdiff.methods.particle_filtering import (
+    LogRatioPotential,
+    check_final_sigma,
+    particle_kernel,
+)
 from smcdiff.models.detectors import detector_likelihood
 from smcdiff.models.latent import Decoded
 from smcdiff.resampling import Resampler, get_scheme
@@ -213,7 +217,7 @@ def text_to_image_pf(denoiser, sigmas, *, num_samples: int, shape, generator, de
     ``log_weights``, ``selected``, ``nfe``, ``disc_calls`` and ``diagnostics`` ``decodes``,
     ``detector_calls`` (per output), ``events`` (step → main-grid index), ``score`` (final φ, (G, K))."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K = num_samples, check_count("num_particles (K)", num_particles)
+    G, K = num_samples, check_size("num_particles (K)", num_particles)
     check_callable("detector", detector, "detector(images) -> (N, C) probabilities", required=False)
     check_callable("log_ratio", log_ratio, "log_ratio(x, sigma, **cond) -> (N,)", required=False)
     if select not in ("argmax", "weighted"):
@@ -274,7 +278,7 @@ def object_select(denoiser, sigmas, *, num_samples: int, shape, generator, detec
     """Object-Select: K independent base samples per prompt, keep the one with the largest
     Σ_c log p_c of the detector on its final image (ties: the lowest index; no objects: particle 0)."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K = num_samples, check_count("num_particles (K)", num_particles)
+    G, K = num_samples, check_size("num_particles (K)", num_particles)
     check_callable("detector", detector, "detector(images) -> (N, C) probabilities")
     # Kernel: the base sampler (with CFG), K independent runs, no events.
     kernel, _ = t2i_kernel(sigmas, sampler, restart=restart, S_churn=S_churn, S_min=S_min, S_max=S_max,

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from smcdiff.checks import check_size
 from smcdiff.kernels.counting import CallCounter
 from smcdiff.kernels.twisted import TwistedEulerMaruyama
 from smcdiff.methods.base import (
     check_callable,
-    check_count,
     initial_latents,
     per_group_cond,
     validate_common,
@@ -59,7 +59,7 @@ def twisted_smc(denoiser, sigmas, twist, *, reward_counter: CallCounter, num_sam
     """The twisted particle filter shared by TDS and DAS: ``twist(x0_hat, sigma, **cond)`` drives the
     kernel and is the difference-form potential (it must equal the reward at σ = 0)."""
     sigmas, shape = validate_common(sigmas, num_samples, shape, generator)
-    G, K = num_samples, check_count("num_particles", num_particles)
+    G, K = num_samples, check_size("num_particles", num_particles)
     # Kernel: EM with its mean moved by v·∇φ; the proposal correction comes back as log_weight.
     kernel = TwistedEulerMaruyama(twist)
     # Potential: the twist, difference form (ends in the reward at σ = 0).

@@ -19,7 +19,13 @@ from smcdiff.metrics.fid import (
     load_statistics,
     save_statistics,
 )
-from smcdiff.metrics.samples import kl_from_samples_knn, kl_to_density, mmd, precision_recall, sliced_wasserstein
+from smcdiff.metrics.samples import (
+    kl_from_samples_knn,
+    kl_to_density,
+    mmd,
+    precision_recall,
+    sliced_wasserstein,
+)
 from smcdiff.models.inception import InceptionFeatures
 
 __all__ = [

@@ -57,8 +57,15 @@ from collections.abc import Callable
 import torch
 
 from smcdiff.kernels.schedules import check_sigmas
-from smcdiff.models.diffusers_adapter import (accepted_keys, fresh_scheduler, model_device, network_cond, network_dtype,
-                                               run_network, sigma_batch)
+from smcdiff.models.diffusers_adapter import (
+    accepted_keys,
+    fresh_scheduler,
+    model_device,
+    network_cond,
+    network_dtype,
+    run_network,
+    sigma_batch,
+)
 from smcdiff.types import Tensor
 
 __all__ = ["FlowMatchingDenoiser", "flow_scheduler_sigmas", "from_flow_matching"]

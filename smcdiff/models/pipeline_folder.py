@@ -41,7 +41,12 @@ import warnings
 from pathlib import Path
 
 from smcdiff.models.file_formats import FileFormatError
-from smcdiff.models.latent import LatentDiffusion, PromptEncoder, VAEDecoder, latent_shape
+from smcdiff.models.latent import (
+    LatentDiffusion,
+    PromptEncoder,
+    VAEDecoder,
+    latent_shape,
+)
 
 __all__ = ["NETWORK_KEYS", "load_pipeline", "read_model_index"]
 

@@ -56,8 +56,8 @@ Autograd is off unless an input already requires grad (gradient guidance through
 With diffusers installed (``pip install smcdiff[diffusers]``), from a local folder — nothing is
 downloaded::
 
-    unet = UNet2DModel.from_pretrained("ddpm-folder/unet", torch_dtype=torch.float16)
-    scheduler = DDIMScheduler.from_pretrained("ddpm-folder/scheduler")
+    unet = UNet2DModel.from_pretrained("ddpm-folder/unet", torch_dtype=torch.float16, local_files_only=True)
+    scheduler = DDIMScheduler.from_pretrained("ddpm-folder/scheduler", local_files_only=True)
     D = from_diffusers(unet, scheduler, max_batch=64)
     res = smcdiff.sample(D, D.sigmas(50), EDMHeun(S_churn=10), ..., shape=(3, 32, 32))
 

@@ -19,7 +19,7 @@ on the meta device, so loading an SD-sized one costs only its weights).
 
     import torch, diffusers
     from smcdiff.models.latent_discriminator import LatentDiscriminator, LatentLogRatio
-    unet = diffusers.UNet2DConditionModel.from_pretrained("sd21/unet")       # initialise from SD's UNet
+    unet = diffusers.UNet2DConditionModel.from_pretrained("sd21/unet", local_files_only=True)       # initialise from SD's UNet
     disc = LatentDiscriminator(unet)                                        # then train it (real vs generated)
     log_ratio = LatentLogRatio(disc, model.denoiser, context="empty")      # model = load_pipeline("sd21")
 """
